@@ -1,0 +1,1 @@
+"""Orchestration: manifests, seeding, sources, the Ray plan, sinks and provenance."""

@@ -1,0 +1,49 @@
+"""Errors: fatal ones stop a run before compute; item ones become quarantine rows."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Why an item was quarantined. Values are stable: they are written to Parquet."""
+
+    EMPTY_OBJECT = "empty_object"
+    NOT_AN_IMAGE = "not_an_image"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    DECODE_ERROR = "decode_error"
+    TOO_MANY_PIXELS = "too_many_pixels"
+    READ_ERROR = "read_error"
+    MISSING = "missing"
+    BAD_ANNOTATION = "bad_annotation"
+    MASK_ERROR = "mask_error"
+    EMPTY_MASK = "empty_mask"
+    INPAINT_ERROR = "inpaint_error"
+    AUGMENT_ERROR = "augment_error"
+    ENCODE_ERROR = "encode_error"
+    WRITE_ERROR = "write_error"
+    WORKER_CRASH = "worker_crash"
+    TIMEOUT = "timeout"
+
+
+class ItemError(Exception):
+    """One item cannot be processed; the run goes on and the item is quarantined."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class ManifestError(ValueError):
+    """The manifest is invalid; raised before any compute. ``path`` is the dotted field path."""
+
+    def __init__(self, path: str, message: str, hint: str = "") -> None:
+        super().__init__(f"{path}: {message}" + (f"\n  hint: {hint}" if hint else ""))
+        self.path = path
+        self.message = message
+        self.hint = hint
+
+
+class RunError(RuntimeError):
+    """The run cannot start or cannot commit (unreadable source, non-empty output, error rate)."""
