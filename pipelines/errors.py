@@ -29,10 +29,11 @@ class Reason(StrEnum):
 class ItemError(Exception):
     """One item cannot be processed; the run goes on and the item is quarantined."""
 
-    def __init__(self, reason: Reason, detail: str) -> None:
+    def __init__(self, reason: Reason, detail: str, stage: str | None = None) -> None:
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.stage = stage
 
 
 class ManifestError(ValueError):

@@ -1,0 +1,177 @@
+"""`pipeline`: build synthetic training data from real images by inpainting.
+
+Thin glue over ``pipelines``: parse arguments, print, map errors to exit codes
+(0 ok, 1 run failed, 2 invalid input).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.errors import ManifestError, RunError
+
+app = typer.Typer(
+    help=(
+        "synthfill: make synthetic training data from real images by inpainting.\n\n"
+        "A YAML manifest names the source images, the mask generators, the inpainter, the number "
+        "of seeded variants and the output dataset. Start with `pipeline validate` and "
+        "`pipeline plan`, then `pipeline run`. `pipeline schema` prints every manifest field."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+ManifestArg = Annotated[Path, typer.Argument(help="Manifest YAML file, e.g. manifests/retail_shelf.yaml.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a field, e.g. --set compute.actors=4 --set output.uri=s3://bucket/out (repeatable; VALUE is YAML)."),
+]
+
+
+def _load(manifest: Path, overrides: list[str] | None):
+    from pipelines.manifest_loader import load_manifest
+
+    try:
+        return load_manifest(manifest, overrides or [])
+    except ManifestError as exc:
+        err.print(f"[bold red]invalid manifest[/] {manifest}\n  {exc.path}: {exc.message}", highlight=False)
+        if exc.hint:
+            err.print(f"  hint: {exc.hint}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def validate(manifest: ManifestArg, set_: SetOpt = None) -> None:
+    """Check a manifest without running anything; exit 2 naming the first bad field."""
+    loaded = _load(manifest, set_)
+    out.print(f"[green]ok[/] {manifest}: {loaded.manifest.name} (manifest_sha256 {loaded.fingerprint[:12]})")
+
+
+@app.command()
+def plan(manifest: ManifestArg, set_: SetOpt = None, limit: Annotated[int | None, typer.Option(help="Only the first N sources (sorted by image_id).")] = None) -> None:
+    """Show what a run would do: sources found, rows to write, output location. No compute."""
+    from pipelines.run import plan_run
+    from pipelines.sink import DatasetSink
+
+    loaded = _load(manifest, set_)
+    m = loaded.manifest
+    try:
+        planned = plan_run(loaded, limit)
+        DatasetSink(m.output, "plan").check_target()
+        target = "ok (empty or replaceable)"
+    except RunError as exc:
+        if "output.uri" not in str(exc):
+            err.print(f"[bold red]cannot plan:[/] {exc}")
+            raise typer.Exit(1) from None
+        planned, target = plan_run(loaded, limit), f"[yellow]{exc}[/]"
+    table = Table(title=f"plan: {m.name}", show_header=False)
+    table.add_row("source", m.source.uri)
+    table.add_row("sources found", str(len(planned.items)))
+    for item in planned.items[:3]:
+        table.add_row("", item.image_id)
+    table.add_row("with annotations", f"{planned.annotated} (unmatched annotation ids: {planned.unmatched_annotations})")
+    table.add_row("masks", " + ".join(s.kind for s in m.masks))
+    table.add_row("inpainter", m.inpainter.kind)
+    table.add_row("variants", str(m.variants))
+    table.add_row("rows to write", str(planned.rows_expected))
+    table.add_row("output", f"{m.output.uri} ({m.output.format})")
+    table.add_row("output state", target)
+    table.add_row("compute", f"{m.compute.actors} actors x {m.compute.cpus_per_actor} CPU, {m.compute.gpus_per_actor} GPU, batch {m.compute.batch_size}")
+    out.print(table)
+
+
+@app.command()
+def run(
+    manifest: ManifestArg,
+    set_: SetOpt = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N sources (sorted by image_id).")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset at output.uri.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON document on stdout.")] = False,
+) -> None:
+    """Run a manifest: read, mask, inpaint, write the dataset and commit it."""
+    from pipelines.run import run_manifest
+
+    loaded = _load(manifest, [*(set_ or []), *(["output.overwrite=true"] if overwrite else [])])
+    try:
+        with _progress_bar(loaded.manifest.name) as progress:
+            summary = run_manifest(loaded, limit=limit, address=address, progress=progress)
+    except RunError as exc:
+        err.print(f"[bold red]run failed:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(summary.as_dict(), indent=2))
+    else:
+        _print_summary(summary)
+    if summary.status != "committed":
+        err.print(f"[bold red]run failed:[/] {summary.message}", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of manifests (point your editor's YAML plugin at it)."""
+    from pipelines.manifest_loader import manifest_json_schema
+
+    print(json.dumps(manifest_json_schema(), indent=2))
+
+
+@app.command()
+def samples(dest: Annotated[Path, typer.Argument(help="Folder to write the bundled samples into.")] = Path("samples")) -> None:
+    """Regenerate the bundled sample images (shelves are procedural; photos, tiles and X-rays are converted from packages of the `samples` extra)."""
+    from pipelines.samples import write_samples
+
+    counts = write_samples(dest)
+    for folder, count in counts.items():
+        out.print(f"{folder}: {count} files")
+
+
+class _progress_bar:
+    """A progress bar on stderr, silent when stderr is not a terminal."""
+
+    def __init__(self, name: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._bar = Progress(TextColumn(f"[bold]{name}[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("items"), TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True)
+        self._task = self._bar.add_task(name, total=None)
+
+    def __enter__(self):
+        self._bar.start()
+        return self._update
+
+    def _update(self, done: int, total: int) -> None:
+        self._bar.update(self._task, completed=done, total=total)
+
+    def __exit__(self, *exc_info) -> None:
+        self._bar.stop()
+
+
+def _print_summary(summary) -> None:
+    table = Table(title=f"{summary.name}: {summary.status}", show_header=False)
+    table.add_row("items in", str(summary.items_in))
+    table.add_row("items ok", str(summary.items_ok))
+    table.add_row("items quarantined", str(summary.items_quarantined))
+    for reason, count in summary.quarantine_reasons.items():
+        table.add_row("", f"{reason}: {count}")
+    table.add_row("rows written", str(summary.rows_written))
+    table.add_row("images/s", f"{summary.images_per_s:.2f}")
+    table.add_row("wall time", f"{summary.wall_s:.1f} s")
+    table.add_row("output", summary.output_uri)
+    out.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

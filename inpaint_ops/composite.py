@@ -1,0 +1,77 @@
+"""Pasting the original pixels back around a fill, and measuring what a fill leaked.
+
+No inpainter is trusted to keep the pixels it was not asked to fill: the pipeline always calls
+``composite`` after a fill and records ``leak`` (what the fill changed outside the mask) per row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SUPPORTED_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+SUPPORTED_CHANNELS = (1, 3)
+
+
+def validate_image_and_mask(image: np.ndarray, mask: np.ndarray) -> None:
+    """Raise ValueError unless ``image`` is (H, W, C) uint8/uint16 and ``mask`` bool (H, W)."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3:
+        raise ValueError(f"image must be a numpy array (H, W, C), got {_describe(image)}")
+    if image.shape[2] not in SUPPORTED_CHANNELS:
+        raise ValueError(f"image must have 1 or 3 channels, got shape {image.shape}")
+    if image.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"image dtype must be uint8 or uint16, got {image.dtype}")
+    if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
+        raise ValueError(f"mask must be a bool numpy array (H, W), got {_describe(mask)}")
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"mask shape {mask.shape} does not match image shape {image.shape[:2]}")
+
+
+def composite(original: np.ndarray, filled: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A new image: ``filled`` inside the mask, ``original`` bit for bit everywhere else."""
+    _validate_pair(original, filled, mask)
+    return np.where(mask[:, :, None], filled, original)
+
+
+def leak(original: np.ndarray, filled: np.ndarray, mask: np.ndarray) -> dict[str, float | int]:
+    """How much a fill changed pixels outside the mask, before ``composite`` repaired them.
+
+    Returns ``leak_max_abs_diff`` (the largest change of any channel of any unmasked pixel, in
+    grey levels of the image's dtype) and ``leak_changed_fraction`` (the fraction of unmasked
+    pixels with any channel changed; 0.0 when every pixel is masked).
+    """
+    _validate_pair(original, filled, mask)
+    # max - min never wraps around for unsigned dtypes, unlike a plain subtraction.
+    diff = (np.maximum(original, filled) - np.minimum(original, filled)).max(axis=2)
+    outside = diff[~mask]
+    if outside.size == 0:
+        return {"leak_max_abs_diff": 0, "leak_changed_fraction": 0.0}
+    return {
+        "leak_max_abs_diff": int(outside.max()),
+        "leak_changed_fraction": float(np.count_nonzero(outside)) / outside.size,
+    }
+
+
+def mask_fraction(mask: np.ndarray) -> float:
+    """The fraction of pixels to fill (True) in a bool (H, W) mask; 0.0 for an empty image."""
+    if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.ndim != 2:
+        raise ValueError(f"mask must be a bool numpy array (H, W), got {_describe(mask)}")
+    if mask.size == 0:
+        return 0.0
+    return float(np.count_nonzero(mask)) / mask.size
+
+
+def _validate_pair(original: np.ndarray, filled: np.ndarray, mask: np.ndarray) -> None:
+    validate_image_and_mask(original, mask)
+    if not isinstance(filled, np.ndarray):
+        raise ValueError(f"filled must be a numpy array, got {_describe(filled)}")
+    if filled.shape != original.shape or filled.dtype != original.dtype:
+        raise ValueError(
+            f"filled image {filled.shape} {filled.dtype} does not match the original "
+            f"{original.shape} {original.dtype}"
+        )
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, np.ndarray):
+        return f"array of shape {value.shape} and dtype {value.dtype}"
+    return type(value).__name__

@@ -1,0 +1,134 @@
+"""The manifest: a declarative, validated description of one dataset build.
+
+Frozen pydantic models with ``extra="forbid"``; mask and inpainter choices are discriminated
+unions on ``kind`` (the union is the registry). Everything is validated before any compute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
+
+from inpaint_ops.inpainters import InpainterKind
+from inpaint_ops.masks import MaskKind
+
+_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SourceSpec(_Spec):
+    """Where the real images come from."""
+
+    uri: str = Field(description="Folder of images: a local path (relative to the manifest) or any fsspec URL (s3://, gs://, file://, memory://).")
+    glob: str = Field("**/*", description="Glob under `uri` selecting the images; `image_id` is the path relative to `uri`.")
+    extensions: tuple[str, ...] = Field(IMAGE_EXTENSIONS, description="Only files with these (case-insensitive) extensions are items.")
+    annotations: str | None = Field(None, description="Boxes joined by image_id: COCO JSON (.json), SKU-110K CSV (.csv) or Parquet (.parquet) with the SKU-110K columns.")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="Passed to fsspec (e.g. {endpoint_url: ...}); put credentials in the environment, not here.")
+    max_pixels: int = Field(100_000_000, gt=0, description="Images declaring more pixels than this are quarantined (too_many_pixels) before decoding.")
+
+    @field_validator("extensions")
+    @classmethod
+    def _lower_dotted(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in value)
+
+
+class SplitSpec(_Spec):
+    """Train/val/test assignment by a group key, so variants of one source never straddle splits."""
+
+    train: float = Field(0.8, ge=0, le=1, description="Fraction of groups in train.")
+    val: float = Field(0.1, ge=0, le=1, description="Fraction of groups in val.")
+    test: float = Field(0.1, ge=0, le=1, description="Fraction of groups in test.")
+    group_pattern: str | None = Field(None, description="Regex with one capture group applied to image_id giving the group (e.g. a patient or store id); default: the image_id itself.")
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitSpec:
+        if abs(self.train + self.val + self.test - 1.0) > 1e-6:
+            raise ValueError("train + val + test must sum to 1")
+        if self.group_pattern is not None and re.compile(self.group_pattern).groups != 1:
+            raise ValueError("group_pattern needs exactly one capture group")
+        return self
+
+
+class OutputSpec(_Spec):
+    """Where and how the dataset is written."""
+
+    uri: str = Field(description="Dataset folder: a local path (relative to the manifest) or any fsspec URL.")
+    format: Literal["jpeg", "png", "webp"] = Field("jpeg", description="Image format of the outputs; 16-bit inputs need png.")
+    quality: int = Field(92, ge=1, le=100, description="JPEG/WebP quality.")
+    png_level: int = Field(1, ge=0, le=9, description="PNG compression level (1 is ~4x faster than 6 for ~10% more bytes).")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="Passed to fsspec for the output.")
+    overwrite: StrictBool = Field(False, description="Replace an existing synthfill dataset at `uri` (never a folder of other files).")
+
+
+class ComputeSpec(_Spec):
+    """How the work is spread; never changes a result."""
+
+    actors: int = Field(2, ge=1, description="Inpainting actors (processes) in the pool.")
+    gpus_per_actor: float = Field(0, ge=0, description="GPUs reserved per actor; 0 runs on CPU.")
+    cpus_per_actor: float = Field(1, gt=0, description="CPUs reserved per actor.")
+    batch_size: int = Field(4, ge=1, description="Source images per batch sent to an actor (aim for >= 0.3 s of work).")
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="The run fails at commit if more than this fraction of items is quarantined.")
+
+
+AugmentStep = Annotated[dict[str, dict[str, Any]], Field(min_length=1, max_length=1)]
+
+
+class Manifest(_Spec):
+    """One dataset build. Top-level names are a contract; see `pipeline schema`."""
+
+    name: str = Field(pattern=_NAME_RE, description="Dataset name (letters, digits, _ . -).")
+    seed: StrictInt = Field(ge=0, lt=2**63, description="Run seed; every variant's seed derives from it, the image_id and the variant number.")
+    variants: StrictInt = Field(1, ge=1, le=1000, description="Synthetic variants per source image.")
+    source: SourceSpec
+    masks: list[MaskKind] = Field(min_length=1, description="Mask generators; several are combined as the union of their masks.")
+    inpainter: InpainterKind
+    augment: list[AugmentStep] = Field(default_factory=list, description="Optional albumentations steps, e.g. [{HorizontalFlip: {p: 0.5}}], applied jointly to image, mask and boxes after the fill.")
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    output: OutputSpec
+    compute: ComputeSpec = Field(default_factory=ComputeSpec)
+
+    @field_validator("augment")
+    @classmethod
+    def _known_transforms(cls, steps: list[dict[str, dict[str, Any]]]) -> list[dict[str, dict[str, Any]]]:
+        from inpaint_ops.augment import build_augmenter
+
+        build_augmenter(steps)  # raises ValueError naming the bad step
+        return steps
+
+    def fingerprint(self) -> str:
+        """sha256 of the recipe: everything that decides pixels and labels.
+
+        Where data lives (URIs, storage options) and how work is spread (``compute``) are left
+        out, so the same recipe moved to a bucket or a cluster keeps its fingerprint; the data
+        itself is pinned per row by ``source_sha256``.
+        """
+        data = self.model_dump(mode="json", exclude=_NOT_RECIPE)
+        return hashlib.sha256(canonical_json(data).encode()).hexdigest()
+
+
+_NOT_RECIPE: dict[str, Any] = {
+    "compute": True,
+    "source": {"uri", "annotations", "storage_options"},
+    "output": {"uri", "storage_options", "overwrite"},
+}
+
+
+def canonical_json(data: Any) -> str:
+    """Stable JSON text: sorted keys, no spaces, for hashing."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def resolve_uri(uri: str, base: Path) -> str:
+    """A local relative path resolves against the manifest's folder; URLs stay as written."""
+    if "://" in uri or uri.startswith("/"):
+        return uri
+    return str((base / Path(uri).expanduser()).resolve())

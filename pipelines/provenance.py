@@ -1,0 +1,78 @@
+"""Provenance: code version, package versions and the run record."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pipelines.manifest_loader import LoadedManifest
+
+PACKAGES = (
+    "synthfill", "numpy", "opencv-python-headless", "pillow", "albumentations", "torch", "ray",
+    "pyarrow", "pandas", "fsspec", "s3fs", "pydantic", "pyyaml",
+)
+_SECRET_WORDS = ("key", "secret", "token", "password", "credential", "session")
+
+
+@cache
+def code_version() -> str:
+    """The package version, plus the git commit (and ``-dirty``) when run from a checkout."""
+    try:
+        version = metadata.version("synthfill")
+    except metadata.PackageNotFoundError:
+        version = "0+unknown"
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return version
+    try:
+        commit = _git(root, "rev-parse", "--short=12", "HEAD")
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=no", "--", "pipelines", "inpaint_ops", "cli.py")
+    except (OSError, subprocess.CalledProcessError):
+        return version
+    return f"{version}+g{commit}{'.dirty' if dirty else ''}"
+
+
+def _git(root: Path, *args: str) -> str:
+    out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=10)
+    return out.stdout.strip()
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that can change a result."""
+    found: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def redact(options: dict[str, Any]) -> dict[str, Any]:
+    """storage_options with anything that looks like a credential replaced by a placeholder."""
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if isinstance(value, dict):
+            out[key] = redact(value)
+        elif any(word in key.lower() for word in _SECRET_WORDS):
+            out[key] = "<redacted>"
+        else:
+            out[key] = value
+    return out
+
+
+def manifest_record(loaded: LoadedManifest) -> dict[str, Any]:
+    """The resolved manifest as recorded (credentials redacted) with how it was given."""
+    dumped = loaded.manifest.model_dump(mode="json")
+    for section in ("source", "output"):
+        dumped[section]["storage_options"] = redact(dumped[section]["storage_options"])
+    return {"path": loaded.path, "overrides": list(loaded.overrides), "resolved": dumped}
+
+
+def environment() -> dict[str, Any]:
+    """Interpreter and platform facts for the run record."""
+    return {"python": platform.python_version(), "platform": platform.platform(), "packages": package_versions()}

@@ -1,0 +1,96 @@
+"""The Ray Data plan: items -> actor pool (read, mask, fill, encode, write) -> row tables.
+
+For CPU fills the whole per-item chain runs inside one actor stage: splitting decode, fill and
+encode into separate Ray stages costs a serialisation and a scheduling hop per image, which on a
+2-core machine measured ~0.6x a plain process pool. Rows stream back to the driver one batch at
+a time and are written out immediately; the driver never holds the whole index.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pyarrow as pa
+
+from pipelines.process import ItemProcessor, RunPlan
+from pipelines.schema import rows_to_table
+
+# Library thread pools are pinned to one thread per worker; parallelism comes from processes.
+THREAD_PINS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+def pin_threads() -> None:
+    """One thread per library pool in this process (cv2, torch if already loaded)."""
+    import sys
+
+    import cv2
+
+    cv2.setNumThreads(1)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
+class InpaintActor:
+    """A Ray Data callable class: loads the inpainter once, processes batches of items."""
+
+    def __init__(self, plan: RunPlan) -> None:
+        pin_threads()
+        device = "cuda" if plan.manifest.compute.gpus_per_actor > 0 else "cpu"
+        self.processor = ItemProcessor(plan, device=device)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows: list[dict[str, Any]] = []
+        for item in batch.to_pylist():
+            rows.extend(self.processor(item))
+        return rows_to_table(rows)
+
+
+@contextmanager
+def ray_session(address: str | None) -> Iterator[dict[str, Any]]:
+    """Connect to ``address`` (or RAY_ADDRESS, or a new local instance) unless already connected."""
+    import ray
+
+    if ray.is_initialized():
+        yield {"address": "existing", "owned": False}
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    context = ray.init(
+        address=address,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+        runtime_env={"env_vars": dict(THREAD_PINS)},
+    )
+    try:
+        yield {"address": context.address_info.get("address", address), "owned": True}
+    finally:
+        ray.shutdown()
+
+
+def execute(plan: RunPlan, items: list[dict[str, Any]]) -> Iterator[pa.Table]:
+    """Run every item through the actor pool; yield one work table per finished batch."""
+    import ray
+    from ray.data import DataContext
+
+    compute = plan.manifest.compute
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False  # the CLI draws one bar for the whole run
+    ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
+    blocks = max(1, math.ceil(len(items) / compute.batch_size))
+    dataset = ray.data.from_items(items, override_num_blocks=blocks)
+    dataset = dataset.map_batches(
+        InpaintActor,
+        fn_constructor_kwargs={"plan": plan},
+        batch_size=compute.batch_size,
+        batch_format="pyarrow",
+        concurrency=compute.actors,
+        num_cpus=compute.cpus_per_actor,
+        num_gpus=compute.gpus_per_actor or None,
+    )
+    yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
