@@ -35,19 +35,19 @@ def composite(original: np.ndarray, filled: np.ndarray, mask: np.ndarray) -> np.
 def leak(original: np.ndarray, filled: np.ndarray, mask: np.ndarray) -> dict[str, float | int]:
     """How much a fill changed pixels outside the mask, before ``composite`` repaired them.
 
-    Returns ``leak_max_abs_diff`` (the largest change of any channel of any unmasked pixel, in
-    grey levels of the image's dtype) and ``leak_changed_fraction`` (the fraction of unmasked
-    pixels with any channel changed; 0.0 when every pixel is masked).
+    Returns ``max_abs`` (the largest change of any channel of any unmasked pixel, in grey levels
+    of the image's dtype) and ``changed_fraction`` (the fraction of unmasked pixels with any
+    channel changed; 0.0 when every pixel is masked).
     """
     _validate_pair(original, filled, mask)
     # max - min never wraps around for unsigned dtypes, unlike a plain subtraction.
     diff = (np.maximum(original, filled) - np.minimum(original, filled)).max(axis=2)
     outside = diff[~mask]
     if outside.size == 0:
-        return {"leak_max_abs_diff": 0, "leak_changed_fraction": 0.0}
+        return {"max_abs": 0, "changed_fraction": 0.0}
     return {
-        "leak_max_abs_diff": int(outside.max()),
-        "leak_changed_fraction": float(np.count_nonzero(outside)) / outside.size,
+        "max_abs": int(outside.max()),
+        "changed_fraction": float(np.count_nonzero(outside)) / outside.size,
     }
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import posixpath
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -119,8 +118,7 @@ class ItemProcessor:
 
     def _read_user_mask(self, image_id: str) -> np.ndarray | None:
         spec = self.user_masks
-        name = posixpath.splitext(image_id)[0] + spec.suffix
-        uri = spec.uri.rstrip("/") + "/" + name
+        uri = spec.uri.rstrip("/") + "/" + spec.mask_key(image_id)
         with guard("mask", Reason.MASK_ERROR):
             try:
                 data = read_bytes(uri, self.plan.manifest.source.storage_options)

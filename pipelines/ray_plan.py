@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -50,6 +49,24 @@ class InpaintActor:
         return rows_to_table(rows)
 
 
+class _QuietRay(logging.Filter):
+    """Drop Ray's chatter that says nothing to a user of this tool."""
+
+    NOISE = ("Token authentication is enabled", "Progress bars disabled", "execution finished in")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in self.NOISE)
+
+
+def quiet_ray_logs() -> None:
+    """Install the filter on Ray's handlers (Ray configures its loggers on import)."""
+    for name in ("ray", "ray.data"):
+        logger = logging.getLogger(name)
+        for handler in logger.handlers:
+            if not any(isinstance(f, _QuietRay) for f in handler.filters):
+                handler.addFilter(_QuietRay())
+
+
 @contextmanager
 def ray_session(address: str | None) -> Iterator[dict[str, Any]]:
     """Connect to ``address`` (or RAY_ADDRESS, or a new local instance) unless already connected."""
@@ -58,7 +75,7 @@ def ray_session(address: str | None) -> Iterator[dict[str, Any]]:
     if ray.is_initialized():
         yield {"address": "existing", "owned": False}
         return
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    quiet_ray_logs()
     context = ray.init(
         address=address,
         include_dashboard=False,
@@ -75,7 +92,7 @@ def ray_session(address: str | None) -> Iterator[dict[str, Any]]:
 def execute(plan: RunPlan, items: list[dict[str, Any]]) -> Iterator[pa.Table]:
     """Run every item through the actor pool; yield one work table per finished batch."""
     import ray
-    from ray.data import DataContext
+    from ray.data import ActorPoolStrategy, DataContext
 
     compute = plan.manifest.compute
     ctx = DataContext.get_current()
@@ -84,12 +101,13 @@ def execute(plan: RunPlan, items: list[dict[str, Any]]) -> Iterator[pa.Table]:
     ctx.enable_auto_log_stats = False
     blocks = max(1, math.ceil(len(items) / compute.batch_size))
     dataset = ray.data.from_items(items, override_num_blocks=blocks)
+    quiet_ray_logs()
     dataset = dataset.map_batches(
         InpaintActor,
         fn_constructor_kwargs={"plan": plan},
         batch_size=compute.batch_size,
         batch_format="pyarrow",
-        concurrency=compute.actors,
+        compute=ActorPoolStrategy(size=compute.actors),
         num_cpus=compute.cpus_per_actor,
         num_gpus=compute.gpus_per_actor or None,
     )

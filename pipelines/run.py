@@ -97,6 +97,7 @@ def run_manifest(
             timings["ray_init"] = time.perf_counter() - t0 - timings["plan"]
             _stream(execute(plan, items), sink, summary.items_in, progress)
         timings["execute"] = time.perf_counter() - t0 - sum(timings.values())
+        timings["index_write"] = sink.index_write_s  # part of execute, reported for target G10
         _count(summary, sink, m.variants)
     except Exception as exc:  # record why, keep the staged rows for inspection, commit nothing
         summary.status, summary.message = "failed", f"{type(exc).__name__}: {exc}"

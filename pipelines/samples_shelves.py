@@ -69,7 +69,8 @@ def render_shelf(index: int) -> ShelfScene:
     # A keyed hash of (seed, name), not the index, so adding scenes never changes old ones.
     rng = np.random.Generator(np.random.PCG64(variant_seed(SHELF_SEED, name, 0)))
     wall = _WALLS[int(rng.integers(len(_WALLS)))]
-    canvas = Image.new("RGB", (WIDTH, HEIGHT), wall)
+    canvas = _back_wall(wall)
+    back = np.asarray(canvas, dtype=np.float64)
     owner = np.zeros((HEIGHT, WIDTH), dtype=np.int32)
     facings: list[Facing] = []
     boards, post = _layout(rng)
@@ -88,12 +89,22 @@ def render_shelf(index: int) -> ShelfScene:
     pixels = np.asarray(canvas, dtype=np.float64) * light[..., None]
     pixels += rng.normal(0.0, 2.0, pixels.shape)  # mild sensor noise
     image = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
-    background = np.asarray(wall, dtype=np.float64)[None, None, :] * light[..., None]
-    return ShelfScene(name, image, facings, owner, background)
+    return ShelfScene(name, image, facings, owner, back * light[..., None])
+
+
+def _back_wall(wall: tuple[int, int, int]) -> Image.Image:
+    """The gondola's perforated back panel: texture an inpainter must continue into gaps."""
+    canvas = Image.new("RGB", (WIDTH, HEIGHT), wall)
+    draw = ImageDraw.Draw(canvas)
+    hole = tuple(int(c * 0.55) for c in wall)
+    for y in range(9, HEIGHT, 25):
+        for x in range(9, WIDTH, 25):
+            draw.ellipse((x, y, x + 3, y + 3), fill=hole)
+    return canvas
 
 
 def _layout(rng: np.random.Generator) -> tuple[list[tuple[int, int]], int]:
-    """Shelf boards as (y0, y1), top to bottom (the first is the shelf above), and the post width."""
+    """Shelf boards as (y0, y1) top to bottom (the first is the shelf above); the post width."""
     rows = int(rng.integers(3, 6))
     top = int(rng.integers(14, 28))
     thick = int(rng.integers(20, 28))
@@ -123,13 +134,14 @@ def _fill_row(
             x += int(rng.integers(30, 120))
             continue
         product = _product(rng, clear, wall)
-        width, height = product["size"]
+        tile = _draw_product(product, rng)  # one design per run, like the same SKU
+        width, height = tile.size
         count = min(int(rng.integers(1, 6)), (right - x) // (width + 1))
         if count == 0:
             break  # the end of the row stays empty, as on real shelves
         for i in range(count):
             box = Facing(x, floor - height, x + width, floor)
-            _paste(canvas, owner, _draw_product(product, rng), box, len(facings) + 1)
+            _paste(canvas, owner, tile, box, len(facings) + 1)
             if i == 0:
                 runs.append(box)
             facings.append(box)
@@ -228,10 +240,8 @@ def _shade(tile: Image.Image, cylinder: bool) -> Image.Image:
     rgba = np.asarray(tile, dtype=np.float64).copy()
     width = tile.width
     u = (np.arange(width) + 0.5) / width
-    if cylinder:
-        profile = 0.62 + 0.38 * np.sin(np.pi * u) ** 0.6
-    else:
-        profile = np.where(u > 0.9, 0.78, 1.0)
+    round_pack = 0.62 + 0.38 * np.sin(np.pi * u) ** 0.6
+    profile = round_pack if cylinder else np.where(u > 0.9, 0.78, 1.0)
     rgba[..., :3] *= profile[None, :, None]
     return Image.fromarray(np.clip(np.rint(rgba), 0, 255).astype(np.uint8), "RGBA")
 
@@ -325,8 +335,13 @@ def shelf_coco(scenes: list[ShelfScene]) -> str:
                 }
             )
     categories = [{"id": 1, "name": CLASS_NAME, "supercategory": "product"}]
-    doc = {"images": images, "annotations": annotations, "categories": categories}
-    return json.dumps(doc, indent=1, sort_keys=True) + "\n"
+    # One record per line: compact, yet a regenerated file still diffs line by line.
+    parts = [
+        f'"{key}": [\n' + ",\n".join(json.dumps(r, sort_keys=True) for r in records) + "\n]"
+        for key, records in (("images", images), ("annotations", annotations))
+    ]
+    parts.append(f'"categories": {json.dumps(categories, sort_keys=True)}')
+    return "{\n" + ",\n".join(parts) + "\n}\n"
 
 
 def write_shelves(out: Path) -> int:

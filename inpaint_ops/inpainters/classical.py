@@ -2,9 +2,10 @@
 
 Both are deterministic and run on the CPU. Large images with small holes are filled window by
 window (see ``large_image``). Isolated one-pixel holes never reach OpenCV: they are set to the
-mean of their eight neighbours, which is what a correct fill of such a hole converges to, and
-which sidesteps OpenCV issue 28648 (Telea fills of one-pixel holes near the image border read
-the wrong neighbours since 4.10; the reported symptom is saturated values).
+mean of their eight neighbours, which is what a correct fill of such a hole converges to. That
+sidesteps OpenCV issue 28648: since 4.10 Telea reads the wrong neighbours for holes at the
+image border, reported as saturated fills of one-pixel holes; OpenCV 5.0.0 still reads row 1
+for row 0 there, which biases such fills by about one pixel's worth of gradient.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ class FreeForm(BaseModel):
 
 
 class Damage(MaskSpec):
-    """Damage to a photo, print or film, and free-form holes; every part is optional.
+    """Damage to a photo, print or film, and free-form holes; enable any mix of parts.
 
     Enabled parts are drawn in field order onto one mask. Counts are ``[low, high]`` ranges
     drawn per variant; sizes are relative to the image's shorter side. A count range that

@@ -32,8 +32,8 @@ class FromFiles(MaskSpec):
     kind: Literal["from_files"] = "from_files"
     uri: str = Field(
         min_length=1,
-        description="Folder holding the masks: any fsspec URL, or a path relative to the "
-        "manifest. Its layout mirrors the source's.",
+        description="Folder holding the masks: a storage URL (s3://..., gs://...) or a path "
+        "relative to the manifest. Its layout mirrors the source's.",
     )
     suffix: str = Field(
         ".png",

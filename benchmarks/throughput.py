@@ -1,0 +1,222 @@
+"""Pipeline throughput next to plain Python doing the same work on the same cores.
+
+Prints one JSON document: images/s of a single-process loop, a 2-process pool, and the Ray
+pipeline with 1 and 2 actors, measured interleaved (median of --repeats) on copies of the bundled
+shelf photos with the retail manifest's masks and fill; plus the ratios of PERFORMANCE.md
+(G1 fused loop vs isolated stages, G2 2 vs 1 processes, G3 Ray vs pool, G3b Ray fixed cost,
+G10 Parquet index share). G4/G4b and G5 come from benchmarks/classical.py and codec.py.
+
+    python benchmarks/throughput.py [--items 32] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from pipelines.manifest_loader import load_manifest  # noqa: E402
+from pipelines.process import ItemProcessor, RunPlan  # noqa: E402
+from pipelines.provenance import code_version  # noqa: E402
+from pipelines.ray_plan import THREAD_PINS, pin_threads  # noqa: E402
+from pipelines.run import _work_items, plan_run, run_manifest  # noqa: E402
+
+VARIANTS = 2
+
+
+def make_workload(folder: Path, items: int) -> Path:
+    """``items`` distinct copies of the bundled shelf photos with their boxes, and a manifest."""
+    shelves = ROOT / "samples" / "shelves"
+    boxes = pd.read_csv(shelves / "boxes.csv")
+    photos = sorted(shelves.glob("*.jpg"))
+    source = folder / "source"
+    source.mkdir(parents=True)
+    frames = []
+    for i in range(items):
+        photo = photos[i % len(photos)]
+        name = f"{photo.stem}_{i:04d}.jpg"
+        shutil.copyfile(photo, source / name)
+        frames.append(boxes[boxes.image_name == photo.name].assign(image_name=name))
+    pd.concat(frames).to_csv(source / "boxes.csv", index=False)
+    manifest = (ROOT / "manifests" / "retail_shelf.yaml").read_text()
+    path = folder / "bench.yaml"
+    path.write_text(manifest)
+    return path
+
+
+def loaded(path: Path, out: Path, actors: int, batch: int):
+    overrides = [f"source.uri={path.parent / 'source'}", f"source.annotations={path.parent / 'source/boxes.csv'}",
+                 f"output.uri={out}", "output.overwrite=true", f"variants={VARIANTS}", "augment=[]",
+                 f"compute.actors={actors}", f"compute.batch_size={batch}", "compute.max_error_rate=0"]
+    return load_manifest(path, overrides)
+
+
+def plan_and_items(path: Path, out: Path):
+    lm = loaded(path, out, 1, 1)
+    plan = RunPlan(lm.manifest, lm.fingerprint, "bench", code_version())
+    return plan, _work_items(plan_run(lm))
+
+
+_worker: ItemProcessor | None = None
+
+
+def _init(plan: RunPlan) -> None:
+    global _worker
+    os.environ.update(THREAD_PINS)
+    pin_threads()
+    _worker = ItemProcessor(plan)
+
+
+def _one(item: dict) -> int:
+    return len(_worker(dict(item)))
+
+
+def plain_loop(plan: RunPlan, items: list[dict]) -> float:
+    start = time.perf_counter()
+    _init(plan)
+    rows = sum(_one(item) for item in items)
+    assert rows == len(items) * VARIANTS, rows
+    return time.perf_counter() - start
+
+
+def process_pool(plan: RunPlan, items: list[dict], workers: int, chunk: int) -> float:
+    start = time.perf_counter()
+    with mp.get_context("spawn").Pool(workers, initializer=_init, initargs=(plan,)) as pool:
+        rows = sum(pool.imap_unordered(_one, items, chunksize=chunk))
+    assert rows == len(items) * VARIANTS, rows
+    return time.perf_counter() - start
+
+
+def ray_job(path: Path, out: Path, actors: int, batch: int) -> dict:
+    summary = run_manifest(loaded(path, out, actors, batch))
+    assert summary.status == "committed" and summary.rows_written == summary.items_in * VARIANTS
+    return {"wall_s": summary.wall_s, "execute_s": summary.timings_s["execute"],
+            "index_write_s": summary.timings_s["index_write"]}
+
+
+def isolated_stages(plan: RunPlan, items: list[dict], out: Path) -> dict[str, float]:
+    """Each stage alone over every item (read, decode, mask, fill, encode, write), in seconds."""
+    from inpaint_ops.composite import composite
+    from inpaint_ops.masks import combine
+    from inpaint_ops.masks.base import MaskContext
+    from pipelines.codec import decode_image, encode_image, encode_mask
+    from pipelines.seeding import rng_for, variant_seed
+    from pipelines.sources import read_bytes
+
+    m, fill = plan.manifest, plan.manifest.inpainter.load("cpu")
+    pin_threads()
+    t: dict[str, float] = {}
+
+    def timed(name, fn, inputs):
+        start = time.perf_counter()
+        result = [fn(x) for x in inputs]
+        t[name] = time.perf_counter() - start
+        return result
+
+    jobs = [(item, v) for item in items for v in range(VARIANTS)]
+    data = timed("read", lambda i: read_bytes(i["uri"], {}), items)
+    images = timed("decode", lambda b: decode_image(b, max_pixels=m.source.max_pixels), data)
+    by_id = {item["image_id"]: (item, img) for item, img in zip(items, images)}
+    seeds = [variant_seed(m.seed, item["image_id"], v) for item, v in jobs]
+    ctxs = [MaskContext(i["image_id"], np.asarray(i["boxes"]).reshape(-1, 4), tuple(i["labels"])) for i, _ in jobs]
+    masks = timed("mask", lambda k: combine(m.masks, by_id[jobs[k][0]["image_id"]][1], ctxs[k], rng_for(seeds[k], "mask")).mask, range(len(jobs)))
+    filled = timed("fill", lambda k: composite(img := by_id[jobs[k][0]["image_id"]][1], fill(img.copy(), masks[k], None), masks[k]), range(len(jobs)))
+    encoded = timed("encode", lambda k: (encode_image(filled[k], m.output.format, quality=m.output.quality), encode_mask(masks[k])), range(len(jobs)))
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write(k):
+        for n, blob in enumerate(encoded[k]):
+            (out / f"{k}_{n}").write_bytes(blob)
+            hashlib.sha256(blob).hexdigest()
+
+    timed("write+hash", write, range(len(jobs)))
+    return t
+
+
+def median(values: list[float]) -> float:
+    return round(statistics.median(values), 4)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=32, help="source images (each gives 2 variants)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    import ray
+
+    work = Path(tempfile.mkdtemp(prefix="synthfill-bench-"))
+    try:
+        path = make_workload(work, args.items)
+        plan, items = plan_and_items(path, work / "plain")
+        stages = isolated_stages(plan, items, work / "stages")
+        t0 = time.perf_counter()
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
+                 log_to_driver=False, runtime_env={"env_vars": dict(THREAD_PINS)})
+        ray_init_s = time.perf_counter() - t0
+        runs: dict[str, list[float]] = {k: [] for k in ("loop", "pool1", "pool2", "ray1", "ray2")}
+        index_share = []
+        for _ in range(args.repeats):
+            runs["loop"].append(plain_loop(plan, items))
+            runs["pool1"].append(process_pool(plan, items, 1, 4))
+            runs["pool2"].append(process_pool(plan, items, 2, 4))
+            r1 = ray_job(path, work / "ray1", 1, 4)
+            r2 = ray_job(path, work / "ray2", 2, 4)
+            runs["ray1"].append(r1["wall_s"])
+            runs["ray2"].append(r2["wall_s"])
+            index_share.append(r2["index_write_s"] / r2["wall_s"])
+        one = loaded(path, work / "one", 1, 1)
+        t1 = time.perf_counter()
+        run_manifest(one, limit=1)
+        one_item_job_s = time.perf_counter() - t1
+        ray.shutdown()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    images = args.items * VARIANTS
+    med = {k: median(v) for k, v in runs.items()}
+    rate = {k: round(images / v, 2) for k, v in med.items()}
+    per_image_loop = med["loop"] / images
+    fixed = ray_init_s + one_item_job_s - per_image_loop * VARIANTS
+    ratios = {
+        "G1_fused_vs_isolated_stages": round(sum(stages.values()) / med["loop"], 3),
+        "G2_pool2_vs_pool1": round(med["pool1"] / med["pool2"], 3),
+        "G3_ray2_vs_pool2": round(med["pool2"] / med["ray2"], 3),
+        "G3_ray1_per_image_cost_vs_pool1": round(med["ray1"] / med["pool1"], 3),
+        "G3b_ray_fixed_cost_s": round(fixed, 2),
+        "G10_index_write_share": round(median(index_share), 5),
+    }
+    targets = {
+        "G1_fused_vs_isolated_stages": ratios["G1_fused_vs_isolated_stages"] >= 0.85,
+        "G2_pool2_vs_pool1": ratios["G2_pool2_vs_pool1"] >= 1.9,
+        "G3_ray2_vs_pool2": ratios["G3_ray2_vs_pool2"] >= 0.9,
+        "G3_ray1_per_image_cost_vs_pool1": ratios["G3_ray1_per_image_cost_vs_pool1"] <= 1.05,
+        "G3b_ray_fixed_cost_s": ratios["G3b_ray_fixed_cost_s"] <= 10,
+        "G10_index_write_share": ratios["G10_index_write_share"] <= 0.01,
+    }
+    print(json.dumps({
+        "workload": {"items": args.items, "variants": VARIANTS, "images": images, "repeats": args.repeats,
+                     "cores": os.cpu_count(), "manifest": "retail_shelf (product_slots + telea, jpeg)"},
+        "seconds_median": med, "images_per_s": rate,
+        "isolated_stage_s": {k: round(v, 4) for k, v in stages.items()},
+        "ray_init_s": round(ray_init_s, 2), "ray_one_item_job_s": round(one_item_job_s, 2),
+        "ratios": ratios, "targets_met": targets,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

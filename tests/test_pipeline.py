@@ -1,0 +1,133 @@
+"""End to end on a local Ray: real files in, committed dataset out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import fsspec
+import pandas as pd
+import pytest
+
+from pipelines.errors import RunError
+from pipelines.manifest_loader import load_manifest
+from pipelines.run import run_manifest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+CONTRACT = (
+    "image_id variant seed split source_uri source_sha256 width height mask_kind mask_params "
+    "mask_fraction mask_uri mask_sha256 inpainter inpainter_params weights_sha256 output_uri "
+    "output_sha256 run_id manifest_sha256 code_version status error elapsed_ms"
+).split()
+NEVER_NULL = ["seed", "source_sha256", "output_sha256", "manifest_sha256", "mask_sha256", "split"]
+
+
+def sha256_of(uri: str) -> str:
+    with fsspec.open(uri, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def read_index(out: Path) -> pd.DataFrame:
+    marker = json.loads((out / "_COMMITTED").read_text())
+    return pd.read_parquet(out / marker["index"])
+
+
+def run(path: Path, *overrides: str, limit: int | None = None):
+    return run_manifest(load_manifest(path, list(overrides)), limit=limit)
+
+
+@pytest.mark.parametrize("name", ["retail_shelf", "aerial_clouds", "cxr_damage"])
+def test_shipped_manifest_writes_a_committed_dataset(ray_local, tmp_path, name):
+    out = tmp_path / name
+    summary = run(ROOT / "manifests" / f"{name}.yaml", f"output.uri={out}", "variants=2", limit=2)
+    assert summary.status == "committed", summary.message
+    assert summary.items_in == 2 == summary.items_ok + summary.items_quarantined
+    index = read_index(out)
+    assert list(index.columns)[: len(CONTRACT)] != [] and set(CONTRACT) <= set(index.columns)
+    assert len(index) == summary.rows_written == summary.items_ok * 2
+    assert not index.duplicated(["image_id", "variant"]).any()
+    assert index[NEVER_NULL].notna().all().all()
+    assert (index["status"] == "ok").all()
+    for row in index.itertuples():
+        assert sha256_of(row.output_uri) == row.output_sha256
+        assert sha256_of(row.mask_uri) == row.mask_sha256
+    record = json.loads((out / "run.json").read_text())
+    assert record["manifest_sha256"] == index["manifest_sha256"].iloc[0]
+    assert record["summary"]["items_in"] == 2
+
+
+def test_retail_rows_drop_the_erased_boxes(ray_local, tmp_path):
+    out = tmp_path / "shelf"
+    run(ROOT / "manifests/retail_shelf.yaml", f"output.uri={out}", "augment=[]", limit=2)
+    index = read_index(out)
+    truth = pd.read_csv(ROOT / "samples/shelves/boxes.csv").groupby("image_name").size()
+    for row in index.itertuples():
+        assert 1 <= len(row.removed_boxes) <= 3
+        assert len(row.boxes) + len(row.removed_boxes) == truth[row.image_id]
+        assert len(row.labels) == len(row.boxes)
+
+
+def test_outputs_do_not_depend_on_actor_count_or_batching(ray_local, tmp_path, tiny_manifest):
+    path = tiny_manifest(count=6)
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    run(path, f"output.uri={a}", "compute.actors=1", "compute.batch_size=1")
+    run(path, f"output.uri={b}", "compute.actors=2", "compute.batch_size=4")
+    run(path, f"output.uri={c}", "compute.actors=2", "seed=12")
+    key = ["image_id", "variant"]
+    ia, ib, ic = (read_index(p).set_index(key).sort_index() for p in (a, b, c))
+    assert len(ia) == 12
+    assert ia["output_sha256"].equals(ib["output_sha256"])
+    assert ia["seed"].equals(ib["seed"])
+    assert (ia["output_sha256"] != ic["output_sha256"]).all()
+
+
+def test_bad_inputs_are_quarantined_and_counted(ray_local, tmp_path, tiny_manifest):
+    from badinputs import write_bad_inputs
+
+    expected = write_bad_inputs(tmp_path / "images")
+    exts = sorted({Path(n).suffix for n in expected})  # .gif/.fits too: they must be refused, not skipped
+    source = f'source: {{uri: "{tmp_path / "images"}", glob: "*", extensions: {exts}}}'
+    path = tiny_manifest(count=0, source=source, compute="compute: {actors: 2, batch_size: 3, max_error_rate: 1.0}")
+    summary = run(path)
+    assert summary.status == "committed"
+    assert summary.items_in == len(expected)
+    assert summary.items_ok + summary.items_quarantined == summary.items_in
+    quarantine = pd.read_parquet(tmp_path / "out/quarantine.parquet").set_index("image_id")
+    index = read_index(tmp_path / "out")
+    for name, reason in expected.items():
+        if reason is None:
+            assert name in set(index["image_id"]), f"{name} should have decoded"
+        else:
+            assert quarantine.loc[name, "reason"] == reason, name
+            assert quarantine.loc[name, "error"]
+    assert summary.items_quarantined == sum(r is not None for r in expected.values())
+
+
+def test_non_empty_output_is_refused_unless_overwrite(ray_local, tmp_path, tiny_manifest):
+    path = tiny_manifest(count=2)
+    first = run(path)
+    with pytest.raises(RunError, match="already holds a dataset"):
+        run(path)
+    second = run(path, "output.overwrite=true")
+    assert len(read_index(tmp_path / "out")) == first.rows_written == second.rows_written
+
+
+def test_foreign_folder_is_never_overwritten(ray_local, tmp_path, tiny_manifest):
+    path = tiny_manifest(count=1)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "thesis.docx").write_text("precious")
+    with pytest.raises(RunError, match="did not write"):
+        run(path, "output.overwrite=true")
+    assert (tmp_path / "out" / "thesis.docx").read_text() == "precious"
+
+
+def test_error_rate_above_limit_commits_nothing(ray_local, tmp_path, tiny_manifest):
+    path = tiny_manifest(count=3)
+    (tmp_path / "images" / "broken.png").write_bytes(b"not an image at all")
+    summary = run(path)
+    assert summary.status == "failed"
+    assert summary.items_quarantined == 1 and summary.items_ok == 3
+    assert not (tmp_path / "out" / "_COMMITTED").exists()
+    assert "max_error_rate" in summary.message
