@@ -99,7 +99,8 @@ def execute(plan: RunPlan, items: list[dict[str, Any]]) -> Iterator[pa.Table]:
     ctx.enable_progress_bars = False  # the CLI draws one bar for the whole run
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
-    blocks = max(1, math.ceil(len(items) / compute.batch_size))
+    # Enough blocks to keep every actor busy even when there are fewer items than batches.
+    blocks = max(math.ceil(len(items) / compute.batch_size), min(len(items), compute.actors), 1)
     dataset = ray.data.from_items(items, override_num_blocks=blocks)
     quiet_ray_logs()
     dataset = dataset.map_batches(
@@ -107,7 +108,7 @@ def execute(plan: RunPlan, items: list[dict[str, Any]]) -> Iterator[pa.Table]:
         fn_constructor_kwargs={"plan": plan},
         batch_size=compute.batch_size,
         batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=compute.actors),
+        compute=ActorPoolStrategy(size=min(compute.actors, blocks)),
         num_cpus=compute.cpus_per_actor,
         num_gpus=compute.gpus_per_actor or None,
     )
