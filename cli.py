@@ -30,10 +30,17 @@ app = typer.Typer(
 err = Console(stderr=True)
 out = Console()
 
-ManifestArg = Annotated[Path, typer.Argument(help="Manifest YAML file, e.g. manifests/retail_shelf.yaml.")]
+ManifestArg = Annotated[
+    Path, typer.Argument(help="Manifest YAML file, e.g. manifests/retail_shelf.yaml.")
+]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a field, e.g. --set compute.actors=4 --set output.uri=s3://bucket/out (repeatable; VALUE is YAML)."),
+    typer.Option(
+        "--set",
+        "-s",
+        metavar="KEY=VALUE",
+        help="Override a field, e.g. --set compute.actors=4 --set output.uri=s3://bucket/out (repeatable; VALUE is YAML).",
+    ),
 ]
 
 
@@ -43,7 +50,10 @@ def _load(manifest: Path, overrides: list[str] | None):
     try:
         return load_manifest(manifest, overrides or [])
     except ManifestError as exc:
-        err.print(f"[bold red]invalid manifest[/] {manifest}\n  {exc.path}: {exc.message}", highlight=False)
+        err.print(
+            f"[bold red]invalid manifest[/] {manifest}\n  {exc.path}: {exc.message}",
+            highlight=False,
+        )
         if exc.hint:
             err.print(f"  hint: {exc.hint}", highlight=False)
         raise typer.Exit(2) from None
@@ -53,11 +63,19 @@ def _load(manifest: Path, overrides: list[str] | None):
 def validate(manifest: ManifestArg, set_: SetOpt = None) -> None:
     """Check a manifest without running anything; exit 2 naming the first bad field."""
     loaded = _load(manifest, set_)
-    out.print(f"[green]ok[/] {manifest}: {loaded.manifest.name} (manifest_sha256 {loaded.fingerprint[:12]})")
+    out.print(
+        f"[green]ok[/] {manifest}: {loaded.manifest.name} (manifest_sha256 {loaded.fingerprint[:12]})"
+    )
 
 
 @app.command()
-def plan(manifest: ManifestArg, set_: SetOpt = None, limit: Annotated[int | None, typer.Option(help="Only the first N sources (sorted by image_id).")] = None) -> None:
+def plan(
+    manifest: ManifestArg,
+    set_: SetOpt = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Only the first N sources (sorted by image_id).")
+    ] = None,
+) -> None:
     """Show what a run would do: sources found, rows to write, output location. No compute."""
     from pipelines.run import plan_run
     from pipelines.sink import DatasetSink
@@ -78,14 +96,20 @@ def plan(manifest: ManifestArg, set_: SetOpt = None, limit: Annotated[int | None
     table.add_row("sources found", str(len(planned.items)))
     for item in planned.items[:3]:
         table.add_row("", item.image_id)
-    table.add_row("with annotations", f"{planned.annotated} (unmatched annotation ids: {planned.unmatched_annotations})")
+    table.add_row(
+        "with annotations",
+        f"{planned.annotated} (unmatched annotation ids: {planned.unmatched_annotations})",
+    )
     table.add_row("masks", " + ".join(s.kind for s in m.masks))
     table.add_row("inpainter", m.inpainter.kind)
     table.add_row("variants", str(m.variants))
     table.add_row("rows to write", str(planned.rows_expected))
     table.add_row("output", f"{m.output.uri} ({m.output.format})")
     table.add_row("output state", target)
-    table.add_row("compute", f"{m.compute.actors} actors x {m.compute.cpus_per_actor} CPU, {m.compute.gpus_per_actor} GPU, batch {m.compute.batch_size}")
+    table.add_row(
+        "compute",
+        f"{m.compute.actors} actors x {m.compute.cpus_per_actor} CPU, {m.compute.gpus_per_actor} GPU, batch {m.compute.batch_size}",
+    )
     out.print(table)
 
 
@@ -93,10 +117,19 @@ def plan(manifest: ManifestArg, set_: SetOpt = None, limit: Annotated[int | None
 def run(
     manifest: ManifestArg,
     set_: SetOpt = None,
-    limit: Annotated[int | None, typer.Option(help="Only the first N sources (sorted by image_id).")] = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset at output.uri.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON document on stdout.")] = False,
+    limit: Annotated[
+        int | None, typer.Option(help="Only the first N sources (sorted by image_id).")
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing dataset at output.uri.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON document on stdout.")
+    ] = False,
 ) -> None:
     """Run a manifest: read, mask, inpaint, write the dataset and commit it."""
     from pipelines.run import run_manifest
@@ -126,7 +159,11 @@ def schema() -> None:
 
 
 @app.command()
-def samples(dest: Annotated[Path, typer.Argument(help="Folder to write the bundled samples into.")] = Path("samples")) -> None:
+def samples(
+    dest: Annotated[Path, typer.Argument(help="Folder to write the bundled samples into.")] = Path(
+        "samples"
+    ),
+) -> None:
     """Regenerate the bundled sample images (shelves are procedural; photos, tiles and X-rays are converted from packages of the `samples` extra)."""
     from pipelines.samples import write_samples
 
@@ -139,9 +176,25 @@ class _progress_bar:
     """A progress bar on stderr, silent when stderr is not a terminal."""
 
     def __init__(self, name: str) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        self._bar = Progress(TextColumn(f"[bold]{name}[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("items"), TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True)
+        self._bar = Progress(
+            TextColumn(f"[bold]{name}[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("items"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+        )
         self._task = self._bar.add_task(name, total=None)
 
     def __enter__(self):

@@ -67,7 +67,7 @@ def build_augmenter(steps: list[dict[str, dict[str, Any]]]) -> Augmenter | None:
 
 
 def _transform(A: Any, index: int, step: dict[str, dict[str, Any]]) -> Any:
-    (name, params), = step.items()
+    ((name, params),) = step.items()
     cls = getattr(A, name, None)
     if not isinstance(cls, type) or not issubclass(cls, A.BasicTransform):
         raise ValueError(f"step {index}: {name!r} is not an albumentations transform")

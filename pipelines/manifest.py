@@ -12,7 +12,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 from inpaint_ops.inpainters import InpainterKind
 from inpaint_ops.masks import MaskKind
@@ -28,12 +36,30 @@ class _Spec(BaseModel):
 class SourceSpec(_Spec):
     """Where the real images come from."""
 
-    uri: str = Field(description="Folder of images: a local path (relative to the manifest) or any fsspec URL (s3://, gs://, file://, memory://).")
-    glob: str = Field("**/*", description="Glob under `uri` selecting the images; `image_id` is the path relative to `uri`.")
-    extensions: tuple[str, ...] = Field(IMAGE_EXTENSIONS, description="Only files with these (case-insensitive) extensions are items.")
-    annotations: str | None = Field(None, description="Boxes joined by image_id: COCO JSON (.json), SKU-110K CSV (.csv) or Parquet (.parquet) with the SKU-110K columns.")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="Passed to fsspec (e.g. {endpoint_url: ...}); put credentials in the environment, not here.")
-    max_pixels: int = Field(100_000_000, gt=0, description="Images declaring more pixels than this are quarantined (too_many_pixels) before decoding.")
+    uri: str = Field(
+        description="Folder of images: a local path (relative to the manifest) or any fsspec URL (s3://, gs://, file://, memory://)."
+    )
+    glob: str = Field(
+        "**/*",
+        description="Glob under `uri` selecting the images; `image_id` is the path relative to `uri`.",
+    )
+    extensions: tuple[str, ...] = Field(
+        IMAGE_EXTENSIONS,
+        description="Only files with these (case-insensitive) extensions are items.",
+    )
+    annotations: str | None = Field(
+        None,
+        description="Boxes joined by image_id: COCO JSON (.json), SKU-110K CSV (.csv) or Parquet (.parquet) with the SKU-110K columns.",
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Passed to fsspec (e.g. {endpoint_url: ...}); put credentials in the environment, not here.",
+    )
+    max_pixels: int = Field(
+        100_000_000,
+        gt=0,
+        description="Images declaring more pixels than this are quarantined (too_many_pixels) before decoding.",
+    )
 
     @field_validator("extensions")
     @classmethod
@@ -47,7 +73,10 @@ class SplitSpec(_Spec):
     train: float = Field(0.8, ge=0, le=1, description="Fraction of groups in train.")
     val: float = Field(0.1, ge=0, le=1, description="Fraction of groups in val.")
     test: float = Field(0.1, ge=0, le=1, description="Fraction of groups in test.")
-    group_pattern: str | None = Field(None, description="Regex with one capture group applied to image_id giving the group (e.g. a patient or store id); default: the image_id itself.")
+    group_pattern: str | None = Field(
+        None,
+        description="Regex with one capture group applied to image_id giving the group (e.g. a patient or store id); default: the image_id itself.",
+    )
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitSpec:
@@ -61,12 +90,26 @@ class SplitSpec(_Spec):
 class OutputSpec(_Spec):
     """Where and how the dataset is written."""
 
-    uri: str = Field(description="Dataset folder: a local path (relative to the manifest) or any fsspec URL.")
-    format: Literal["jpeg", "png", "webp"] = Field("jpeg", description="Image format of the outputs; 16-bit inputs need png.")
+    uri: str = Field(
+        description="Dataset folder: a local path (relative to the manifest) or any fsspec URL."
+    )
+    format: Literal["jpeg", "png", "webp"] = Field(
+        "jpeg", description="Image format of the outputs; 16-bit inputs need png."
+    )
     quality: int = Field(92, ge=1, le=100, description="JPEG/WebP quality.")
-    png_level: int = Field(1, ge=0, le=9, description="PNG compression level (1 is ~4x faster than 6 for ~10% more bytes).")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="Passed to fsspec for the output.")
-    overwrite: StrictBool = Field(False, description="Replace an existing synthfill dataset at `uri` (never a folder of other files).")
+    png_level: int = Field(
+        1,
+        ge=0,
+        le=9,
+        description="PNG compression level (1 is ~4x faster than 6 for ~10% more bytes).",
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="Passed to fsspec for the output."
+    )
+    overwrite: StrictBool = Field(
+        False,
+        description="Replace an existing synthfill dataset at `uri` (never a folder of other files).",
+    )
 
 
 class ComputeSpec(_Spec):
@@ -75,8 +118,15 @@ class ComputeSpec(_Spec):
     actors: int = Field(2, ge=1, description="Inpainting actors (processes) in the pool.")
     gpus_per_actor: float = Field(0, ge=0, description="GPUs reserved per actor; 0 runs on CPU.")
     cpus_per_actor: float = Field(1, gt=0, description="CPUs reserved per actor.")
-    batch_size: int = Field(4, ge=1, description="Source images per batch sent to an actor (aim for >= 0.3 s of work).")
-    max_error_rate: float = Field(0.01, ge=0, le=1, description="The run fails at commit if more than this fraction of items is quarantined.")
+    batch_size: int = Field(
+        4, ge=1, description="Source images per batch sent to an actor (aim for >= 0.3 s of work)."
+    )
+    max_error_rate: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="The run fails at commit if more than this fraction of items is quarantined.",
+    )
 
 
 AugmentStep = Annotated[dict[str, dict[str, Any]], Field(min_length=1, max_length=1)]
@@ -86,19 +136,33 @@ class Manifest(_Spec):
     """One dataset build. Top-level names are a contract; see `pipeline schema`."""
 
     name: str = Field(pattern=_NAME_RE, description="Dataset name (letters, digits, _ . -).")
-    seed: StrictInt = Field(ge=0, lt=2**63, description="Run seed; every variant's seed derives from it, the image_id and the variant number.")
-    variants: StrictInt = Field(1, ge=1, le=1000, description="Synthetic variants per source image.")
+    seed: StrictInt = Field(
+        ge=0,
+        lt=2**63,
+        description="Run seed; every variant's seed derives from it, the image_id and the variant number.",
+    )
+    variants: StrictInt = Field(
+        1, ge=1, le=1000, description="Synthetic variants per source image."
+    )
     source: SourceSpec
-    masks: list[MaskKind] = Field(min_length=1, description="Mask generators; several are combined as the union of their masks.")
+    masks: list[MaskKind] = Field(
+        min_length=1,
+        description="Mask generators; several are combined as the union of their masks.",
+    )
     inpainter: InpainterKind
-    augment: list[AugmentStep] = Field(default_factory=list, description="Optional albumentations steps, e.g. [{HorizontalFlip: {p: 0.5}}], applied jointly to image, mask and boxes after the fill.")
+    augment: list[AugmentStep] = Field(
+        default_factory=list,
+        description="Optional albumentations steps, e.g. [{HorizontalFlip: {p: 0.5}}], applied jointly to image, mask and boxes after the fill.",
+    )
     split: SplitSpec = Field(default_factory=SplitSpec)
     output: OutputSpec
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
 
     @field_validator("augment")
     @classmethod
-    def _known_transforms(cls, steps: list[dict[str, dict[str, Any]]]) -> list[dict[str, dict[str, Any]]]:
+    def _known_transforms(
+        cls, steps: list[dict[str, dict[str, Any]]]
+    ) -> list[dict[str, dict[str, Any]]]:
         from inpaint_ops.augment import build_augmenter
 
         build_augmenter(steps)  # raises ValueError naming the bad step

@@ -89,7 +89,9 @@ def _assign(node: Any, part: str, value: Any, where: str) -> None:
 
 def _index(node: list[Any], part: str, where: str) -> int:
     if not part.isdigit() or int(part) >= len(node):
-        raise ManifestError(where, f"list index {part!r} out of range (the list has {len(node)} items)")
+        raise ManifestError(
+            where, f"list index {part!r} out of range (the list has {len(node)} items)"
+        )
     return int(part)
 
 
@@ -115,7 +117,11 @@ def _manifest_error(exc: ValidationError) -> ManifestError:
     hint = ""
     if err["type"] == "extra_forbidden":
         close = difflib.get_close_matches(str(err["loc"][-1]), sorted(_all_field_names()), n=1)
-        hint = f"did you mean {close[0]!r}?" if close else "remove it; `pipeline schema` lists the fields"
+        hint = (
+            f"did you mean {close[0]!r}?"
+            if close
+            else "remove it; `pipeline schema` lists the fields"
+        )
         return ManifestError(where, "unknown field", hint)
     if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
         hint = "see `pipeline schema` for the kinds and their fields"

@@ -140,54 +140,89 @@ class ItemProcessor:
             output = composite(image, filled, made.mask)
         keep = np.ones(len(context.boxes), dtype=bool)
         keep[list(made.removed)] = False
-        boxes, labels = context.boxes[keep], tuple(l for l, k in zip(context.labels, keep) if k)
+        boxes, labels = (
+            context.boxes[keep],
+            tuple(lbl for lbl, k in zip(context.labels, keep, strict=True) if k),
+        )
         mask, augment_params = made.mask, []
         if self.augmenter is not None:
             with guard("augment", Reason.AUGMENT_ERROR):
                 aug = self.augmenter(output, mask, boxes, labels, rng_for(seed, "augment"))
-            output, mask, boxes, labels, augment_params = aug.image, aug.mask, aug.boxes, aug.labels, aug.params
+            output, mask, boxes, labels, augment_params = (
+                aug.image,
+                aug.mask,
+                aug.boxes,
+                aug.labels,
+                aug.params,
+            )
         with guard("encode", Reason.ENCODE_ERROR):
-            image_bytes = encode_image(output, m.output.format, quality=m.output.quality, png_level=m.output.png_level)
+            image_bytes = encode_image(
+                output, m.output.format, quality=m.output.quality, png_level=m.output.png_level
+            )
             mask_bytes = encode_mask(mask)
-        row = self._row(item, image, output, made, mask, fill_leak, augment_params, image_bytes, mask_bytes)
+        row = self._row(
+            item, image, output, made, mask, fill_leak, augment_params, image_bytes, mask_bytes
+        )
         row.update(boxes=boxes.tolist(), labels=list(labels))
         return _Variant(row, image_bytes, mask_bytes)
 
-    def _row(self, item, image, output, made, mask, fill_leak, augment_params, image_bytes, mask_bytes) -> dict[str, Any]:
+    def _row(
+        self, item, image, output, made, mask, fill_leak, augment_params, image_bytes, mask_bytes
+    ) -> dict[str, Any]:
         m, v = self.plan.manifest, item["variant"]
         removed = sorted(made.removed)
         return {
             **self._lineage(item, "ok"),
             "split": assign_split(item["image_id"], m),
-            "width": image.shape[1], "height": image.shape[0],
-            "channels": image.shape[2], "bit_depth": image.dtype.itemsize * 8,
-            "mask_kind": self.mask_kind, "mask_params": self.mask_params,
+            "width": image.shape[1],
+            "height": image.shape[0],
+            "channels": image.shape[2],
+            "bit_depth": image.dtype.itemsize * 8,
+            "mask_kind": self.mask_kind,
+            "mask_params": self.mask_params,
             "mask_info": json.dumps(made.info, sort_keys=True, default=str),
             "mask_fraction": mask_fraction(mask),
             "mask_uri": self._uri(layout.mask_key(item["image_id"], v)),
             "mask_sha256": hashlib.sha256(mask_bytes).hexdigest(),
-            "inpainter": m.inpainter.kind, "inpainter_params": self.inpainter_params,
-            "weights_sha256": self.weights_sha256, "fill_leak_max": float(fill_leak),
+            "inpainter": m.inpainter.kind,
+            "inpainter_params": self.inpainter_params,
+            "weights_sha256": self.weights_sha256,
+            "fill_leak_max": float(fill_leak),
             "augment_params": canonical_json(augment_params),
             "output_uri": self._uri(layout.output_key(item["image_id"], v, m.output.format)),
             "output_sha256": hashlib.sha256(image_bytes).hexdigest(),
-            "output_width": output.shape[1], "output_height": output.shape[0],
-            "removed_boxes": [item_box for i, item_box in enumerate(item.get("boxes") or []) if i in removed],
-            "removed_labels": [lbl for i, lbl in enumerate(item.get("labels") or []) if i in removed],
+            "output_width": output.shape[1],
+            "output_height": output.shape[0],
+            "removed_boxes": [
+                item_box for i, item_box in enumerate(item.get("boxes") or []) if i in removed
+            ],
+            "removed_labels": [
+                lbl for i, lbl in enumerate(item.get("labels") or []) if i in removed
+            ],
         }
 
     def _lineage(self, item: dict[str, Any], status: str) -> dict[str, Any]:
         return {
-            "image_id": item["image_id"], "variant": item.get("variant"), "seed": item.get("seed"),
-            "source_uri": item["uri"], "source_sha256": item.get("source_sha256"),
-            "run_id": self.plan.run_id, "manifest_sha256": self.plan.manifest_sha256,
-            "code_version": self.plan.code_version, "status": status, "error": None,
+            "image_id": item["image_id"],
+            "variant": item.get("variant"),
+            "seed": item.get("seed"),
+            "source_uri": item["uri"],
+            "source_sha256": item.get("source_sha256"),
+            "run_id": self.plan.run_id,
+            "manifest_sha256": self.plan.manifest_sha256,
+            "code_version": self.plan.code_version,
+            "status": status,
+            "error": None,
         }
 
     def _quarantine(self, item: dict[str, Any], err: ItemError, start: float) -> dict[str, Any]:
         row = self._lineage(item, "quarantined")
-        row.update(reason=err.reason.value, error=err.detail[:2000], stage=err.stage,
-                   elapsed_ms=round((time.perf_counter() - start) * 1000, 3))
+        row.update(
+            reason=err.reason.value,
+            error=err.detail[:2000],
+            stage=err.stage,
+            elapsed_ms=round((time.perf_counter() - start) * 1000, 3),
+        )
         return row
 
     def _uri(self, key: str) -> str:

@@ -12,8 +12,19 @@ from typing import Any
 from pipelines.manifest_loader import LoadedManifest
 
 PACKAGES = (
-    "synthfill", "numpy", "opencv-python-headless", "pillow", "albumentations", "torch", "ray",
-    "pyarrow", "pandas", "fsspec", "s3fs", "pydantic", "pyyaml",
+    "synthfill",
+    "numpy",
+    "opencv-python-headless",
+    "pillow",
+    "albumentations",
+    "torch",
+    "ray",
+    "pyarrow",
+    "pandas",
+    "fsspec",
+    "s3fs",
+    "pydantic",
+    "pyyaml",
 )
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential", "session")
 
@@ -30,14 +41,25 @@ def code_version() -> str:
         return version
     try:
         commit = _git(root, "rev-parse", "--short=12", "HEAD")
-        dirty = _git(root, "status", "--porcelain", "--untracked-files=no", "--", "pipelines", "inpaint_ops", "cli.py")
+        dirty = _git(
+            root,
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            "pipelines",
+            "inpaint_ops",
+            "cli.py",
+        )
     except (OSError, subprocess.CalledProcessError):
         return version
     return f"{version}+g{commit}{'.dirty' if dirty else ''}"
 
 
 def _git(root: Path, *args: str) -> str:
-    out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=10)
+    out = subprocess.run(
+        ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=10
+    )
     return out.stdout.strip()
 
 
@@ -75,4 +97,8 @@ def manifest_record(loaded: LoadedManifest) -> dict[str, Any]:
 
 def environment() -> dict[str, Any]:
     """Interpreter and platform facts for the run record."""
-    return {"python": platform.python_version(), "platform": platform.platform(), "packages": package_versions()}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": package_versions(),
+    }

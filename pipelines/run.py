@@ -59,7 +59,11 @@ def plan_run(loaded: LoadedManifest, limit: int | None = None) -> PlannedRun:
     items = list_sources(m.source)
     if limit is not None:
         items = items[:limit]
-    annotations = load_annotations(m.source.annotations, m.source.storage_options) if m.source.annotations else {}
+    annotations = (
+        load_annotations(m.source.annotations, m.source.storage_options)
+        if m.source.annotations
+        else {}
+    )
     ids = {item.image_id for item in items}
     annotated = sum(1 for item in items if item.image_id in annotations)
     unmatched = sum(1 for key in annotations if key not in ids)
@@ -135,10 +139,15 @@ def _work_items(planned: PlannedRun) -> list[dict[str, Any]]:
     items = []
     for item in planned.items:
         ann = planned.annotations.get(item.image_id)
-        items.append({
-            "image_id": item.image_id, "uri": item.uri, "size": item.size,
-            "boxes": ann.boxes.tolist() if ann else [], "labels": list(ann.labels) if ann else [],
-        })
+        items.append(
+            {
+                "image_id": item.image_id,
+                "uri": item.uri,
+                "size": item.size,
+                "boxes": ann.boxes.tolist() if ann else [],
+                "labels": list(ann.labels) if ann else [],
+            }
+        )
     return items
 
 
@@ -154,9 +163,13 @@ def _count(summary: RunSummary, sink: DatasetSink, variants: int) -> None:
         )
 
 
-def _finish(summary: RunSummary, timings: dict[str, float], t0: float, record: dict[str, Any]) -> None:
+def _finish(
+    summary: RunSummary, timings: dict[str, float], t0: float, record: dict[str, Any]
+) -> None:
     summary.wall_s = round(time.perf_counter() - t0, 3)
-    summary.images_per_s = round(summary.rows_written / summary.wall_s, 3) if summary.wall_s else 0.0
+    summary.images_per_s = (
+        round(summary.rows_written / summary.wall_s, 3) if summary.wall_s else 0.0
+    )
     summary.timings_s = {k: round(v, 3) for k, v in timings.items()}
     record["status"] = summary.status
     record["finished_at"] = datetime.now(UTC).isoformat()

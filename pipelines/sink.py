@@ -44,7 +44,9 @@ class DatasetSink:
         """Refuse a non-empty output unless it is ours and overwrite was asked (before compute)."""
         if not self.fs.exists(self.root):
             return
-        names = {entry.rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(self.root, detail=False)}
+        names = {
+            entry.rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(self.root, detail=False)
+        }
         if names <= _RESIDUE:
             return
         if not names <= _OURS:

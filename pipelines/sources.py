@@ -91,7 +91,9 @@ def _bytes_io(data: bytes) -> Any:
 def _from_table(frame: pd.DataFrame, uri: str) -> dict[str, Annotations]:
     missing = [c for c in SKU110K_COLUMNS[:6] if c not in frame.columns]
     if missing:
-        raise RunError(f"{uri}: missing SKU-110K columns {missing}; expected {list(SKU110K_COLUMNS)}")
+        raise RunError(
+            f"{uri}: missing SKU-110K columns {missing}; expected {list(SKU110K_COLUMNS)}"
+        )
     out: dict[str, Annotations] = {}
     for name, group in frame.groupby("image_name", sort=True):
         boxes = group[["x1", "y1", "x2", "y2"]].to_numpy(dtype=np.float64)
@@ -111,6 +113,8 @@ def _from_coco(doc: dict[str, Any], uri: str) -> dict[str, Annotations]:
     except (KeyError, TypeError, ValueError) as exc:
         raise RunError(f"{uri}: not a COCO detection file ({exc!r})") from exc
     return {
-        name: Annotations(np.array([b for b, _ in r], dtype=np.float64).reshape(-1, 4), tuple(lbl for _, lbl in r))
+        name: Annotations(
+            np.array([b for b, _ in r], dtype=np.float64).reshape(-1, 4), tuple(lbl for _, lbl in r)
+        )
         for name, r in sorted(rows.items())
     }

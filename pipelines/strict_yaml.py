@@ -41,8 +41,10 @@ class _StrictLoader(yaml.SafeLoader):
 
 def _install_resolvers() -> None:
     # Copy before editing: the resolver table is a class attribute shared with SafeLoader.
-    table = {k: [r for r in v if r[0] not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int")]
-             for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    table = {
+        k: [r for r in v if r[0] not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int")]
+        for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
     _StrictLoader.yaml_implicit_resolvers = table
     _StrictLoader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL_RE, list("tTfF"))
     _StrictLoader.add_implicit_resolver("tag:yaml.org,2002:int", _INT_RE, list("-+0123456789"))

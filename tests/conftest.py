@@ -37,7 +37,14 @@ def photo_like(height: int, width: int, seed: int, channels: int = 3) -> np.ndar
     """A smooth, textured uint8 image (gradients + blobs + noise) that inpainting can work on."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack([(xx / width) * 200 + 30, (yy / height) * 180 + 40, ((xx + yy) / (width + height)) * 150 + 60], -1)
+    base = np.stack(
+        [
+            (xx / width) * 200 + 30,
+            (yy / height) * 180 + 40,
+            ((xx + yy) / (width + height)) * 150 + 60,
+        ],
+        -1,
+    )
     for _ in range(6):
         cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(5, max(6, width / 4))
         blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
@@ -47,7 +54,9 @@ def photo_like(height: int, width: int, seed: int, channels: int = 3) -> np.ndar
     return image[..., :channels] if channels == 3 else image[..., :1]
 
 
-def write_images(folder: Path, count: int, size: tuple[int, int] = (96, 128), fmt: str = "png") -> list[str]:
+def write_images(
+    folder: Path, count: int, size: tuple[int, int] = (96, 128), fmt: str = "png"
+) -> list[str]:
     """Write ``count`` small real image files; return their names."""
     folder.mkdir(parents=True, exist_ok=True)
     names = []

@@ -16,8 +16,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def pipeline(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "COLUMNS": "200"}
     return subprocess.run(
-        [sys.executable, "-m", "cli", *args], cwd=cwd, env={**env, "PYTHONPATH": str(ROOT)},
-        capture_output=True, text=True, timeout=240,
+        [sys.executable, "-m", "cli", *args],
+        cwd=cwd,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
 
 
@@ -45,7 +49,11 @@ def test_validate_misspelt_key_exits_2_naming_the_field(tmp_path):
 
 
 def test_validate_unknown_kind_exits_2(tmp_path):
-    text = (ROOT / "manifests/aerial_clouds.yaml").read_text().replace("kind: navier_stokes", "kind: lama2")
+    text = (
+        (ROOT / "manifests/aerial_clouds.yaml")
+        .read_text()
+        .replace("kind: navier_stokes", "kind: lama2")
+    )
     (tmp_path / "m.yaml").write_text(text)
     result = pipeline("validate", str(tmp_path / "m.yaml"))
     assert result.returncode == 2
@@ -60,7 +68,9 @@ def test_schema_is_json_schema():
 
 
 def test_plan_counts_without_computing(tmp_path):
-    result = pipeline("plan", "manifests/retail_shelf.yaml", "--set", f"output.uri={tmp_path / 'o'}")
+    result = pipeline(
+        "plan", "manifests/retail_shelf.yaml", "--set", f"output.uri={tmp_path / 'o'}"
+    )
     assert result.returncode == 0, result.stderr
     assert "rows to write" in result.stdout and "32" in result.stdout  # 8 shelves x 4 variants
     assert not (tmp_path / "o").exists()

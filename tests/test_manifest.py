@@ -93,7 +93,11 @@ def test_overrides_parse_yaml_values_and_index_lists():
     apply_override(data, "compute.actors=4")
     apply_override(data, "masks.0.count=[1, 3]")
     apply_override(data, "output.format=png")
-    assert data == {"compute": {"actors": 4}, "masks": [{"kind": "boxes", "count": [1, 3]}], "output": {"format": "png"}}
+    assert data == {
+        "compute": {"actors": 4},
+        "masks": [{"kind": "boxes", "count": [1, 3]}],
+        "output": {"format": "png"},
+    }
 
 
 @pytest.mark.parametrize("bad", ["compute.actors", "=3", "masks.5.count=1"])
@@ -112,5 +116,13 @@ def test_fingerprint_ignores_where_and_how_but_not_what(tmp_path):
 
 def test_schema_lists_every_kind():
     text = str(manifest_json_schema())
-    for kind in ("product_slots", "cloud_regions", "damage", "boxes", "from_files", "telea", "navier_stokes"):
+    for kind in (
+        "product_slots",
+        "cloud_regions",
+        "damage",
+        "boxes",
+        "from_files",
+        "telea",
+        "navier_stokes",
+    ):
         assert kind in text

@@ -16,11 +16,32 @@ from pipelines.run import run_manifest
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-CONTRACT = (
-    "image_id variant seed split source_uri source_sha256 width height mask_kind mask_params "
-    "mask_fraction mask_uri mask_sha256 inpainter inpainter_params weights_sha256 output_uri "
-    "output_sha256 run_id manifest_sha256 code_version status error elapsed_ms"
-).split()
+CONTRACT = [
+    "image_id",
+    "variant",
+    "seed",
+    "split",
+    "source_uri",
+    "source_sha256",
+    "width",
+    "height",
+    "mask_kind",
+    "mask_params",
+    "mask_fraction",
+    "mask_uri",
+    "mask_sha256",
+    "inpainter",
+    "inpainter_params",
+    "weights_sha256",
+    "output_uri",
+    "output_sha256",
+    "run_id",
+    "manifest_sha256",
+    "code_version",
+    "status",
+    "error",
+    "elapsed_ms",
+]
 NEVER_NULL = ["seed", "source_sha256", "output_sha256", "manifest_sha256", "mask_sha256", "split"]
 
 
@@ -87,9 +108,13 @@ def test_bad_inputs_are_quarantined_and_counted(ray_local, tmp_path, tiny_manife
     from badinputs import write_bad_inputs
 
     expected = write_bad_inputs(tmp_path / "images")
-    exts = sorted({Path(n).suffix for n in expected})  # .gif/.fits too: they must be refused, not skipped
+    exts = sorted(
+        {Path(n).suffix for n in expected}
+    )  # .gif/.fits too: they must be refused, not skipped
     source = f'source: {{uri: "{tmp_path / "images"}", glob: "*", extensions: {exts}}}'
-    path = tiny_manifest(count=0, source=source, compute="compute: {actors: 2, batch_size: 3, max_error_rate: 1.0}")
+    path = tiny_manifest(
+        count=0, source=source, compute="compute: {actors: 2, batch_size: 3, max_error_rate: 1.0}"
+    )
     summary = run(path)
     assert summary.status == "committed"
     assert summary.items_in == len(expected)
