@@ -36,7 +36,12 @@ class Augmenter:
         A = _albumentations()
         transforms = [_transform(A, i, step) for i, step in enumerate(steps)]
         bbox = A.BboxParams(format="pascal_voc", label_fields=["labels"], min_visibility=0.3)
-        self._compose = A.Compose(transforms, bbox_params=bbox, save_applied_params=True, seed=0)
+        with warnings.catch_warnings():
+            # Boxes are always passed, even when no step moves pixels; that is not a problem.
+            warnings.filterwarnings("ignore", "Got processor for bboxes", UserWarning)
+            self._compose = A.Compose(
+                transforms, bbox_params=bbox, save_applied_params=True, seed=0
+            )
 
     def __call__(
         self,

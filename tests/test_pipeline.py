@@ -91,7 +91,7 @@ def test_retail_rows_drop_the_erased_boxes(ray_local, tmp_path):
 
 
 def test_outputs_do_not_depend_on_actor_count_or_batching(ray_local, tmp_path, tiny_manifest):
-    path = tiny_manifest(count=6)
+    path = tiny_manifest(count=6, augment="augment: [{HorizontalFlip: {p: 0.5}}, {RandomBrightnessContrast: {p: 0.5}}]")
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     run(path, f"output.uri={a}", "compute.actors=1", "compute.batch_size=1")
     run(path, f"output.uri={b}", "compute.actors=2", "compute.batch_size=4")
