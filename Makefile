@@ -13,11 +13,11 @@ SHELL  := /bin/bash
 
 .PHONY: demo test lint bench samples clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip $(QUIET)
 	$(PIP) install "$(TORCH)" $(QUIET)
-	$(PIP) install -e ".[dev,samples]" $(QUIET)
+	$(PIP) install -c constraints.txt -e ".[dev,samples]" $(QUIET)
 	$(BIN)/python -c "import cli, pipelines, inpaint_ops, torch, ray"
 	touch $@
 
