@@ -7,14 +7,19 @@ Thin glue over ``pipelines``: parse arguments, print, map errors to exit codes
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from pipelines.errors import ManifestError, RunError
+
+if TYPE_CHECKING:
+    from pipelines.manifest_loader import LoadedManifest
+    from pipelines.run import RunSummary
 
 app = typer.Typer(
     help=(
@@ -33,6 +38,9 @@ out = Console()
 ManifestArg = Annotated[
     Path, typer.Argument(help="Manifest YAML file, e.g. manifests/retail_shelf.yaml.")
 ]
+LimitOpt = Annotated[
+    int | None, typer.Option(min=1, help="Only the first N sources (sorted by image_id).")
+]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -44,7 +52,7 @@ SetOpt = Annotated[
 ]
 
 
-def _load(manifest: Path, overrides: list[str] | None):
+def _load(manifest: Path, overrides: list[str] | None) -> LoadedManifest:
     from pipelines.manifest_loader import load_manifest
 
     try:
@@ -72,9 +80,7 @@ def validate(manifest: ManifestArg, set_: SetOpt = None) -> None:
 def plan(
     manifest: ManifestArg,
     set_: SetOpt = None,
-    limit: Annotated[
-        int | None, typer.Option(help="Only the first N sources (sorted by image_id).")
-    ] = None,
+    limit: LimitOpt = None,
 ) -> None:
     """Show what a run would do: sources found, rows to write, output location. No compute."""
     from pipelines.run import plan_run
@@ -84,13 +90,14 @@ def plan(
     m = loaded.manifest
     try:
         planned = plan_run(loaded, limit)
-        DatasetSink(m.output, "plan").check_target()
-        target = "ok (empty or replaceable)"
     except RunError as exc:
-        if "output.uri" not in str(exc):
-            err.print(f"[bold red]cannot plan:[/] {exc}")
-            raise typer.Exit(1) from None
-        planned, target = plan_run(loaded, limit), f"[yellow]{exc}[/]"
+        err.print(f"[bold red]cannot plan:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    try:
+        DatasetSink(m.output, "plan").check_target()
+        target = "ok (empty, or a dataset that --overwrite may replace)"
+    except RunError as exc:
+        target = f"[yellow]{exc}[/]"
     table = Table(title=f"plan: {m.name}", show_header=False)
     table.add_row("source", m.source.uri)
     table.add_row("sources found", str(len(planned.items)))
@@ -117,9 +124,7 @@ def plan(
 def run(
     manifest: ManifestArg,
     set_: SetOpt = None,
-    limit: Annotated[
-        int | None, typer.Option(help="Only the first N sources (sorted by image_id).")
-    ] = None,
+    limit: LimitOpt = None,
     address: Annotated[
         str | None,
         typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)."),
@@ -136,10 +141,14 @@ def run(
 
     loaded = _load(manifest, [*(set_ or []), *(["output.overwrite=true"] if overwrite else [])])
     try:
-        with _progress_bar(loaded.manifest.name) as progress:
+        with ProgressBar(loaded.manifest.name) as progress:
             summary = run_manifest(loaded, limit=limit, address=address, progress=progress)
     except RunError as exc:
         err.print(f"[bold red]run failed:[/] {exc}", highlight=False)
+        if as_json:
+            print(
+                json.dumps({"name": loaded.manifest.name, "status": "failed", "message": str(exc)})
+            )
         raise typer.Exit(1) from None
     if as_json:
         print(json.dumps(summary.as_dict(), indent=2))
@@ -172,7 +181,7 @@ def samples(
         out.print(f"{folder}: {count} files")
 
 
-class _progress_bar:
+class ProgressBar:
     """A progress bar on stderr, silent when stderr is not a terminal."""
 
     def __init__(self, name: str) -> None:
@@ -197,18 +206,18 @@ class _progress_bar:
         )
         self._task = self._bar.add_task(name, total=None)
 
-    def __enter__(self):
+    def __enter__(self) -> Callable[[int, int], None]:
         self._bar.start()
         return self._update
 
     def _update(self, done: int, total: int) -> None:
         self._bar.update(self._task, completed=done, total=total)
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._bar.stop()
 
 
-def _print_summary(summary) -> None:
+def _print_summary(summary: RunSummary) -> None:
     table = Table(title=f"{summary.name}: {summary.status}", show_header=False)
     table.add_row("items in", str(summary.items_in))
     table.add_row("items ok", str(summary.items_ok))
@@ -216,7 +225,7 @@ def _print_summary(summary) -> None:
     for reason, count in summary.quarantine_reasons.items():
         table.add_row("", f"{reason}: {count}")
     table.add_row("rows written", str(summary.rows_written))
-    table.add_row("images/s", f"{summary.images_per_s:.2f}")
+    table.add_row("images written/s", f"{summary.images_per_s:.2f}")
     table.add_row("wall time", f"{summary.wall_s:.1f} s")
     table.add_row("output", summary.output_uri)
     out.print(table)

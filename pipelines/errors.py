@@ -13,17 +13,15 @@ class Reason(StrEnum):
     UNSUPPORTED_FORMAT = "unsupported_format"
     DECODE_ERROR = "decode_error"
     TOO_MANY_PIXELS = "too_many_pixels"
+    BAD_IMAGE_ID = "bad_image_id"
     READ_ERROR = "read_error"
     MISSING = "missing"
-    BAD_ANNOTATION = "bad_annotation"
     MASK_ERROR = "mask_error"
     EMPTY_MASK = "empty_mask"
     INPAINT_ERROR = "inpaint_error"
     AUGMENT_ERROR = "augment_error"
     ENCODE_ERROR = "encode_error"
     WRITE_ERROR = "write_error"
-    WORKER_CRASH = "worker_crash"
-    TIMEOUT = "timeout"
 
 
 class ItemError(Exception):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import posixpath
 
 COMMIT_MARKER = "_COMMITTED"
 RUN_RECORD = "run.json"
@@ -29,18 +28,30 @@ def check_image_id(image_id: str) -> None:
         raise ValueError(f"image_id {image_id!r} has an empty, '.' or '..' path segment")
 
 
-def output_key(image_id: str, variant: int, fmt: str) -> str:
-    """Relative key of one variant's image: images/<shard>/<id without extension>__v003.jpg."""
+def content_tag(manifest_sha256: str, source_sha256: str) -> str:
+    """8 hex digits naming what made an output (recipe + source bytes).
+
+    Keys carry it so a run never overwrites a file that a committed index still points to: the
+    same inputs give the same key and the same bytes (retries are idempotent), other inputs give
+    another key.
+    """
+    data = f"{manifest_sha256}:{source_sha256}".encode()
+    return hashlib.blake2b(data, digest_size=4).hexdigest()
+
+
+def output_key(image_id: str, variant: int, fmt: str, tag: str) -> str:
+    """Relative key of one variant's image: images/<shard>/<image_id>__v003-<tag>.jpg.
+
+    The whole image_id (extension included) is kept so ``x.jpg`` and ``x.png`` never collide.
+    """
     check_image_id(image_id)
-    stem = posixpath.splitext(image_id)[0]
-    return f"{IMAGES}/{shard(image_id)}/{stem}__v{variant:03d}.{EXTENSIONS[fmt]}"
+    return f"{IMAGES}/{shard(image_id)}/{image_id}__v{variant:03d}-{tag}.{EXTENSIONS[fmt]}"
 
 
-def mask_key(image_id: str, variant: int) -> str:
+def mask_key(image_id: str, variant: int, tag: str) -> str:
     """Relative key of one variant's mask (1-bit PNG, white = filled)."""
     check_image_id(image_id)
-    stem = posixpath.splitext(image_id)[0]
-    return f"{MASKS}/{shard(image_id)}/{stem}__v{variant:03d}.png"
+    return f"{MASKS}/{shard(image_id)}/{image_id}__v{variant:03d}-{tag}.png"
 
 
 def join(root: str, key: str) -> str:

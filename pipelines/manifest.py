@@ -12,7 +12,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import fsspec
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -33,11 +35,25 @@ class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _known_protocol(uri: str) -> str:
+    if "://" in uri:
+        protocol = uri.split("://", 1)[0]
+        if protocol not in fsspec.available_protocols():
+            raise ValueError(
+                f"unknown storage protocol {protocol!r}; use a local path or one of "
+                "s3://, gs://, az://, file://, http(s)://"
+            )
+    return uri
+
+
+KnownUri = Annotated[str, AfterValidator(_known_protocol)]
+
+
 class SourceSpec(_Spec):
     """Where the real images come from."""
 
-    uri: str = Field(
-        description="Folder of images: a local path (relative to the manifest) or any fsspec URL (s3://, gs://, file://, memory://)."
+    uri: KnownUri = Field(
+        description="Folder of images: a local path (relative to the manifest) or any fsspec URL (s3://, gs://, az://, file://)."
     )
     glob: str = Field(
         "**/*",
@@ -47,7 +63,7 @@ class SourceSpec(_Spec):
         IMAGE_EXTENSIONS,
         description="Only files with these (case-insensitive) extensions are items.",
     )
-    annotations: str | None = Field(
+    annotations: KnownUri | None = Field(
         None,
         description="Boxes joined by image_id: COCO JSON (.json), SKU-110K CSV (.csv) or Parquet (.parquet) with the SKU-110K columns.",
     )
@@ -82,15 +98,20 @@ class SplitSpec(_Spec):
     def _sums_to_one(self) -> SplitSpec:
         if abs(self.train + self.val + self.test - 1.0) > 1e-6:
             raise ValueError("train + val + test must sum to 1")
-        if self.group_pattern is not None and re.compile(self.group_pattern).groups != 1:
-            raise ValueError("group_pattern needs exactly one capture group")
+        if self.group_pattern is not None:
+            try:
+                groups = re.compile(self.group_pattern).groups
+            except re.error as exc:  # not a ValueError: pydantic would let it escape
+                raise ValueError(f"group_pattern is not a valid regex: {exc}") from None
+            if groups != 1:
+                raise ValueError("group_pattern needs exactly one capture group")
         return self
 
 
 class OutputSpec(_Spec):
     """Where and how the dataset is written."""
 
-    uri: str = Field(
+    uri: KnownUri = Field(
         description="Dataset folder: a local path (relative to the manifest) or any fsspec URL."
     )
     format: Literal["jpeg", "png", "webp"] = Field(
@@ -181,6 +202,7 @@ class Manifest(_Spec):
 
 _NOT_RECIPE: dict[str, Any] = {
     "compute": True,
+    "masks": {"__all__": {"uri"}},  # where from_files masks live
     "source": {"uri", "annotations", "storage_options"},
     "output": {"uri", "storage_options", "overwrite"},
 }

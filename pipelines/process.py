@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from inpaint_ops.augment import build_augmenter
+from inpaint_ops.augment import Augmented, build_augmenter
 from inpaint_ops.composite import composite, leak, mask_fraction
 from inpaint_ops.masks import FromFiles, combine
-from inpaint_ops.masks.base import MaskContext
+from inpaint_ops.masks.base import MaskContext, MaskResult
 from pipelines import layout
 from pipelines.codec import decode_image, decode_mask, encode_image, encode_mask
 from pipelines.errors import ItemError, Reason
@@ -85,6 +86,8 @@ class ItemProcessor:
 
     def _process(self, item: dict[str, Any], start: float) -> list[dict[str, Any]]:
         m = self.plan.manifest
+        with guard("read", Reason.BAD_IMAGE_ID):
+            layout.check_image_id(item["image_id"])
         with guard("read", Reason.READ_ERROR):
             try:
                 data = read_bytes(item["uri"], m.source.storage_options)
@@ -98,7 +101,7 @@ class ItemProcessor:
         for v in range(m.variants):
             item["variant"] = v
             variants.append(self._variant(image, context, item))
-        item["variant"] = None
+        item["variant"] = item["seed"] = None  # a write failure concerns the whole item
         with guard("write", Reason.WRITE_ERROR):
             for out in variants:
                 publish_bytes(self.out_fs, self._path(out.row["output_uri"]), out.image_bytes)
@@ -128,8 +131,7 @@ class ItemProcessor:
 
     def _variant(self, image: np.ndarray, context: MaskContext, item: dict[str, Any]) -> _Variant:
         m = self.plan.manifest
-        seed = variant_seed(m.seed, item["image_id"], item["variant"])
-        item["seed"] = seed
+        seed = item["seed"] = variant_seed(m.seed, item["image_id"], item["variant"])
         with guard("mask", Reason.MASK_ERROR):
             made = combine(m.masks, image, context, rng_for(seed, "mask"))
         if not made.mask.any():
@@ -140,40 +142,36 @@ class ItemProcessor:
             output = composite(image, filled, made.mask)
         keep = np.ones(len(context.boxes), dtype=bool)
         keep[list(made.removed)] = False
-        boxes, labels = (
-            context.boxes[keep],
-            tuple(lbl for lbl, k in zip(context.labels, keep, strict=True) if k),
-        )
-        mask, augment_params = made.mask, []
+        labels = tuple(lbl for lbl, k in zip(context.labels, keep, strict=True) if k)
+        edit = Augmented(output, made.mask, context.boxes[keep], labels, [])
         if self.augmenter is not None:
             with guard("augment", Reason.AUGMENT_ERROR):
-                aug = self.augmenter(output, mask, boxes, labels, rng_for(seed, "augment"))
-            output, mask, boxes, labels, augment_params = (
-                aug.image,
-                aug.mask,
-                aug.boxes,
-                aug.labels,
-                aug.params,
-            )
+                edit = self.augmenter(
+                    edit.image, edit.mask, edit.boxes, edit.labels, rng_for(seed, "augment")
+                )
         with guard("encode", Reason.ENCODE_ERROR):
-            image_bytes = encode_image(
-                output, m.output.format, quality=m.output.quality, png_level=m.output.png_level
-            )
-            mask_bytes = encode_mask(mask)
-        row = self._row(
-            item, image, output, made, mask, fill_leak, augment_params, image_bytes, mask_bytes
-        )
-        row.update(boxes=boxes.tolist(), labels=list(labels))
+            fmt = m.output
+            image_bytes = encode_image(edit.image, fmt.format, fmt.quality, fmt.png_level)
+            mask_bytes = encode_mask(edit.mask)
+        row = self._row(item, image, made, edit, image_bytes, mask_bytes)
+        row["fill_leak_max"] = float(fill_leak)
         return _Variant(row, image_bytes, mask_bytes)
 
     def _row(
-        self, item, image, output, made, mask, fill_leak, augment_params, image_bytes, mask_bytes
+        self,
+        item: dict[str, Any],
+        image: np.ndarray,
+        made: MaskResult,
+        edit: Augmented,
+        image_bytes: bytes,
+        mask_bytes: bytes,
     ) -> dict[str, Any]:
-        m, v = self.plan.manifest, item["variant"]
-        removed = sorted(made.removed)
+        m, image_id, v = self.plan.manifest, item["image_id"], item["variant"]
+        tag = layout.content_tag(self.plan.manifest_sha256, item["source_sha256"])
+        removed = set(made.removed)
         return {
             **self._lineage(item, "ok"),
-            "split": assign_split(item["image_id"], m),
+            "split": assign_split(image_id, m),
             "width": image.shape[1],
             "height": image.shape[0],
             "channels": image.shape[2],
@@ -181,24 +179,21 @@ class ItemProcessor:
             "mask_kind": self.mask_kind,
             "mask_params": self.mask_params,
             "mask_info": json.dumps(made.info, sort_keys=True, default=str),
-            "mask_fraction": mask_fraction(mask),
-            "mask_uri": self._uri(layout.mask_key(item["image_id"], v)),
+            "mask_fraction": mask_fraction(edit.mask),
+            "mask_uri": self._uri(layout.mask_key(image_id, v, tag)),
             "mask_sha256": hashlib.sha256(mask_bytes).hexdigest(),
             "inpainter": m.inpainter.kind,
             "inpainter_params": self.inpainter_params,
             "weights_sha256": self.weights_sha256,
-            "fill_leak_max": float(fill_leak),
-            "augment_params": canonical_json(augment_params),
-            "output_uri": self._uri(layout.output_key(item["image_id"], v, m.output.format)),
+            "augment_params": canonical_json(edit.params),
+            "output_uri": self._uri(layout.output_key(image_id, v, m.output.format, tag)),
             "output_sha256": hashlib.sha256(image_bytes).hexdigest(),
-            "output_width": output.shape[1],
-            "output_height": output.shape[0],
-            "removed_boxes": [
-                item_box for i, item_box in enumerate(item.get("boxes") or []) if i in removed
-            ],
-            "removed_labels": [
-                lbl for i, lbl in enumerate(item.get("labels") or []) if i in removed
-            ],
+            "output_width": edit.image.shape[1],
+            "output_height": edit.image.shape[0],
+            "boxes": edit.boxes.tolist(),
+            "labels": list(edit.labels),
+            "removed_boxes": [b for i, b in enumerate(item["boxes"]) if i in removed],
+            "removed_labels": [lbl for i, lbl in enumerate(item["labels"]) if i in removed],
         }
 
     def _lineage(self, item: dict[str, Any], status: str) -> dict[str, Any]:
@@ -237,8 +232,6 @@ def assign_split(image_id: str, manifest: Manifest) -> str:
     spec = manifest.split
     group = image_id
     if spec.group_pattern is not None:
-        import re
-
         found = re.search(spec.group_pattern, image_id)
         group = found.group(1) if found else image_id
     u = unit_interval(group)

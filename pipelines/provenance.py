@@ -26,7 +26,20 @@ PACKAGES = (
     "pydantic",
     "pyyaml",
 )
-_SECRET_WORDS = ("key", "secret", "token", "password", "credential", "session")
+# storage_options values recorded as given; every other value is redacted (credentials hide
+# under many names: key, secret, token, headers, connection strings, SAS URLs...).
+_SAFE_OPTIONS = {
+    "endpoint_url",
+    "region_name",
+    "anon",
+    "use_ssl",
+    "requester_pays",
+    "client_kwargs",
+    "config_kwargs",
+    "project",
+    "version_aware",
+}
+_REDACTED = "<redacted>"
 
 
 @cache
@@ -75,16 +88,25 @@ def package_versions() -> dict[str, str | None]:
 
 
 def redact(options: dict[str, Any]) -> dict[str, Any]:
-    """storage_options with anything that looks like a credential replaced by a placeholder."""
+    """storage_options with every value outside a short allowlist replaced by a placeholder."""
     out: dict[str, Any] = {}
     for key, value in options.items():
-        if isinstance(value, dict):
+        if key not in _SAFE_OPTIONS:
+            out[key] = _REDACTED
+        elif isinstance(value, dict):
             out[key] = redact(value)
-        elif any(word in key.lower() for word in _SECRET_WORDS):
-            out[key] = "<redacted>"
         else:
             out[key] = value
     return out
+
+
+def redact_override(item: str) -> str:
+    """A ``--set`` override as recorded: values under storage_options are hidden."""
+    key, _, value = item.partition("=")
+    if "storage_options" not in key.split("."):
+        return item
+    last = key.split(".")[-1]
+    return f"{key}={value}" if last in _SAFE_OPTIONS else f"{key}={_REDACTED}"
 
 
 def manifest_record(loaded: LoadedManifest) -> dict[str, Any]:
@@ -92,7 +114,8 @@ def manifest_record(loaded: LoadedManifest) -> dict[str, Any]:
     dumped = loaded.manifest.model_dump(mode="json")
     for section in ("source", "output"):
         dumped[section]["storage_options"] = redact(dumped[section]["storage_options"])
-    return {"path": loaded.path, "overrides": list(loaded.overrides), "resolved": dumped}
+    overrides = [redact_override(item) for item in loaded.overrides]
+    return {"path": loaded.path, "overrides": overrides, "resolved": dumped}
 
 
 def environment() -> dict[str, Any]:

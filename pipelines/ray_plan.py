@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -76,12 +77,20 @@ def ray_session(address: str | None) -> Iterator[dict[str, Any]]:
         yield {"address": "existing", "owned": False}
         return
     quiet_ray_logs()
+    runtime_env: dict[str, Any] = {"env_vars": dict(THREAD_PINS)}
+    if address or os.environ.get("RAY_ADDRESS"):
+        # A cluster's workers get this code shipped with the job, so nodes need only the
+        # third-party packages installed.
+        import inpaint_ops
+        import pipelines
+
+        runtime_env["py_modules"] = [pipelines, inpaint_ops]
     context = ray.init(
         address=address,
         include_dashboard=False,
         logging_level=logging.WARNING,
         log_to_driver=False,
-        runtime_env={"env_vars": dict(THREAD_PINS)},
+        runtime_env=runtime_env,
     )
     try:
         yield {"address": context.address_info.get("address", address), "owned": True}

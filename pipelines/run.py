@@ -56,6 +56,8 @@ class PlannedRun:
 def plan_run(loaded: LoadedManifest, limit: int | None = None) -> PlannedRun:
     """List sources and join annotations; no pixels are read."""
     m = loaded.manifest
+    if limit is not None and limit < 1:
+        raise RunError(f"--limit must be at least 1, got {limit}")
     items = list_sources(m.source)
     if limit is not None:
         items = items[:limit]
@@ -77,10 +79,13 @@ def run_manifest(
     address: str | None = None,
     progress: Progress | None = None,
 ) -> RunSummary:
-    """Execute the manifest end to end; raise RunError (nothing committed) on a fatal problem."""
-    from pipelines.ray_plan import execute, ray_session
+    """Execute the manifest end to end.
 
+    Returns the summary (status ``committed``, or ``failed`` when too many items were
+    quarantined); raises RunError, with nothing committed, on a fatal problem.
+    """
     m = loaded.manifest
+    _refuse_process_local(m.source.uri, m.output.uri)
     started, t0 = datetime.now(UTC), time.perf_counter()
     run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     summary = RunSummary(m.name, run_id, "running", m.output.uri)
@@ -90,18 +95,12 @@ def run_manifest(
     if not planned.items:
         raise RunError(f"no images under source.uri {m.source.uri!r} match glob {m.source.glob!r}")
     summary.items_in = len(planned.items)
-    items = _work_items(planned)
     plan = RunPlan(m, loaded.fingerprint, run_id, code_version())
     timings = {"plan": time.perf_counter() - t0}
-    sink.open()
     record = _record(loaded, summary, started)
+    sink.open()
     try:
-        with ray_session(address) as ray_info:
-            record["ray"] = {"address": str(ray_info.get("address"))}
-            timings["ray_init"] = time.perf_counter() - t0 - timings["plan"]
-            _stream(execute(plan, items), sink, summary.items_in, progress)
-        timings["execute"] = time.perf_counter() - t0 - sum(timings.values())
-        timings["index_write"] = sink.index_write_s  # part of execute, reported for target G10
+        _execute(plan, _work_items(planned), sink, address, progress, record, timings)
         _count(summary, sink, m.variants)
     except Exception as exc:  # record why, keep the staged rows for inspection, commit nothing
         summary.status, summary.message = "failed", f"{type(exc).__name__}: {exc}"
@@ -123,6 +122,35 @@ def run_manifest(
     summary.committed = sink.commit(record)
     summary.timings_s["commit"] = round(time.perf_counter() - t0 - summary.wall_s, 3)
     return summary
+
+
+def _refuse_process_local(*uris: str) -> None:
+    for uri in uris:
+        if uri.startswith("memory://"):
+            raise RunError(
+                f"{uri!r}: memory:// lives inside one process and Ray workers cannot see it; "
+                "use a folder or a bucket"
+            )
+
+
+def _execute(
+    plan: RunPlan,
+    items: list[dict[str, Any]],
+    sink: DatasetSink,
+    address: str | None,
+    progress: Progress | None,
+    record: dict[str, Any],
+    timings: dict[str, float],
+) -> None:
+    from pipelines.ray_plan import execute, ray_session
+
+    start = time.perf_counter()
+    with ray_session(address) as ray_info:
+        record["ray"] = {"address": str(ray_info.get("address"))}
+        timings["ray_init"] = time.perf_counter() - start
+        _stream(execute(plan, items), sink, len(items), progress)
+    timings["execute"] = time.perf_counter() - start - timings["ray_init"]
+    timings["index_write"] = sink.index_write_s  # part of execute, reported for target G10
 
 
 def _stream(tables: Any, sink: DatasetSink, total: int, progress: Progress | None) -> None:

@@ -62,9 +62,7 @@ class DatasetSink:
             )
 
     def open(self) -> None:
-        """Clear a replaced dataset, then open the staged index and quarantine writers."""
-        if self.output.overwrite and self.fs.exists(self.root):
-            self.fs.rm(self.root, recursive=True)
+        """Open the staged index and quarantine writers; a replaced dataset stays until commit."""
         self.fs.makedirs(self.staging, exist_ok=True)
         self._index = self._writer(layout.INDEX, INDEX_SCHEMA)
         self._quarantine = self._writer(layout.QUARANTINE, QUARANTINE_SCHEMA)
@@ -96,11 +94,20 @@ class DatasetSink:
         self._writers = []
 
     def commit(self, record: dict[str, Any]) -> str:
-        """Publish index, quarantine and run record; write the marker last. Returns its URI."""
+        """Publish index, quarantine and run record; write the marker last. Returns its URI.
+
+        A replaced dataset loses its marker first, so a reader sees the old dataset, then none,
+        then the new one, never a mix. Files no committed row points to (a replaced dataset's
+        outputs, a failed run's leftovers) are removed before the new marker appears.
+        """
         self._close()
+        marker_path = layout.join(self.root, layout.COMMIT_MARKER)
+        if self.fs.exists(marker_path):
+            self.fs.rm(marker_path)
         for name in (layout.INDEX, layout.QUARANTINE):
             self.fs.mv(layout.join(self.staging, name), layout.join(self.root, name))
         self._put(layout.RUN_RECORD, record)
+        self._remove_unreferenced()
         marker = {
             "run_id": record["run_id"],
             "index": layout.INDEX,
@@ -112,6 +119,17 @@ class DatasetSink:
         self._put(layout.COMMIT_MARKER, marker)
         self.fs.rm(layout.join(self.root, layout.STAGING), recursive=True)
         return self.fs.unstrip_protocol(layout.join(self.root, layout.COMMIT_MARKER))
+
+    def _remove_unreferenced(self) -> None:
+        with self.fs.open(layout.join(self.root, layout.INDEX), "rb") as handle:
+            table = pq.read_table(handle, columns=["output_uri", "mask_uri"])
+        keep = {self.fs._strip_protocol(u) for col in table.columns for u in col.to_pylist()}
+        for folder in (layout.IMAGES, layout.MASKS):
+            path = layout.join(self.root, folder)
+            found = self.fs.find(path) if self.fs.exists(path) else []
+            stale = [p for p in found if p not in keep]
+            if stale:
+                self.fs.rm(stale)
 
     def abort(self, record: dict[str, Any]) -> str:
         """Keep what was staged for inspection, with the failed run's record; commit nothing."""

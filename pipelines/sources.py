@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import io
 import json
 import posixpath
 from dataclasses import dataclass, field
@@ -35,8 +37,15 @@ class Annotations:
 
 
 def filesystem(uri: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem for ``uri`` and the path inside it."""
-    return fsspec.core.url_to_fs(uri, **storage_options)
+    """The fsspec filesystem for ``uri`` and the path inside it (RunError when unavailable)."""
+    try:
+        return fsspec.core.url_to_fs(uri, **storage_options)
+    except ImportError as exc:  # e.g. gcsfs or adlfs not installed
+        raise RunError(f"cannot open {uri!r}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise RunError(
+            f"cannot open {uri!r} with storage_options {sorted(storage_options)}: {exc}"
+        ) from None
 
 
 def list_sources(spec: SourceSpec) -> list[SourceItem]:
@@ -46,7 +55,8 @@ def list_sources(spec: SourceSpec) -> list[SourceItem]:
     try:
         if not fs.isdir(root):
             raise RunError(f"source.uri {spec.uri!r} is not a readable folder")
-        found = fs.glob(posixpath.join(root, spec.glob), detail=True)
+        # The root is literal: brackets or stars in a folder name are not a pattern.
+        found = fs.glob(posixpath.join(glob.escape(root), spec.glob), detail=True)
     except (OSError, PermissionError) as exc:
         raise RunError(f"cannot list source.uri {spec.uri!r}: {exc}") from exc
     items = []
@@ -73,19 +83,16 @@ def load_annotations(uri: str, storage_options: dict[str, Any]) -> dict[str, Ann
     except OSError as exc:
         raise RunError(f"cannot read source.annotations {uri!r}: {exc}") from exc
     lower = path.lower()
-    if lower.endswith(".json"):
-        return _from_coco(json.loads(data), uri)
-    if lower.endswith(".csv"):
-        return _from_table(pd.read_csv(_bytes_io(data)), uri)
-    if lower.endswith(".parquet"):
-        return _from_table(pd.read_parquet(_bytes_io(data)), uri)
+    try:
+        if lower.endswith(".json"):
+            return _from_coco(json.loads(data), uri)
+        if lower.endswith(".csv"):
+            return _from_table(pd.read_csv(io.BytesIO(data)), uri)
+        if lower.endswith(".parquet"):
+            return _from_table(pd.read_parquet(io.BytesIO(data)), uri)
+    except (ValueError, OSError, UnicodeDecodeError) as exc:  # malformed JSON / CSV / Parquet
+        raise RunError(f"cannot parse source.annotations {uri!r}: {exc}") from None
     raise RunError(f"source.annotations {uri!r}: expected a .json (COCO), .csv or .parquet file")
-
-
-def _bytes_io(data: bytes) -> Any:
-    import io
-
-    return io.BytesIO(data)
 
 
 def _from_table(frame: pd.DataFrame, uri: str) -> dict[str, Annotations]:

@@ -59,7 +59,12 @@ def load_yaml(text: str | bytes, *, source: str = "<string>") -> Any:
     if len(text) > MAX_BYTES:
         raise YamlError(f"{source}: {len(text)} bytes is larger than the {MAX_BYTES}-byte limit")
     if isinstance(text, bytes):
-        text = text.decode("utf-8")
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise YamlError(
+                f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+            ) from None
     loader = _StrictLoader(text)
     try:
         node = loader.get_single_node()

@@ -88,3 +88,26 @@ def test_run_json_and_refusal_of_a_second_run(tmp_path, tiny_manifest):
     again = pipeline("run", str(path))
     assert again.returncode == 1
     assert "--overwrite" in again.stderr
+
+
+def test_run_with_bad_override_exits_2(tmp_path):
+    result = pipeline("run", "manifests/retail_shelf.yaml", "--set", "compute.actors=zero")
+    assert result.returncode == 2
+    assert "compute.actors" in result.stderr
+
+
+def test_limit_must_be_positive():
+    result = pipeline("plan", "manifests/retail_shelf.yaml", "--limit", "0")
+    assert result.returncode == 2
+
+
+@pytest.mark.slow
+def test_run_over_error_rate_exits_1_with_json(tmp_path, tiny_manifest):
+    path = tiny_manifest(count=2)
+    (tmp_path / "images" / "zero.png").write_bytes(b"")
+    result = pipeline("run", str(path), "--json")
+    assert result.returncode == 1
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "failed" and summary["quarantine_reasons"] == {"empty_object": 1}
+    assert "max_error_rate" in result.stderr
+    assert not (tmp_path / "out" / "_COMMITTED").exists()

@@ -126,3 +126,27 @@ def test_schema_lists_every_kind():
         "navier_stokes",
     ):
         assert kind in text
+
+
+def test_fingerprint_can_be_recomputed_from_the_recorded_resolved_manifest(tmp_path):
+    text = MINIMAL.replace("[{kind: boxes, count: [1, 2]}]", "[{kind: from_files, uri: masks}]")
+    loaded = load_manifest(write(tmp_path, text))
+    assert loaded.manifest.masks[0].uri == str(tmp_path / "masks")
+    assert loaded.manifest.fingerprint() == loaded.fingerprint
+
+
+@pytest.mark.parametrize(
+    "override, path",
+    [("split.group_pattern=(a", "split"), ("source.uri=foo://x", "source.uri")],
+)
+def test_bad_values_are_manifest_errors_not_crashes(tmp_path, override, path):
+    with pytest.raises(ManifestError) as info:
+        load_manifest(write(tmp_path, MINIMAL), [override])
+    assert info.value.path == path
+
+
+def test_non_utf8_manifest_is_a_manifest_error(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_bytes(MINIMAL.encode() + b"# \xff\xfe\n")
+    with pytest.raises(ManifestError, match="not UTF-8"):
+        load_manifest(path)

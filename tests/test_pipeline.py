@@ -66,7 +66,7 @@ def test_shipped_manifest_writes_a_committed_dataset(ray_local, tmp_path, name):
     assert summary.status == "committed", summary.message
     assert summary.items_in == 2 == summary.items_ok + summary.items_quarantined
     index = read_index(out)
-    assert list(index.columns)[: len(CONTRACT)] != [] and set(CONTRACT) <= set(index.columns)
+    assert set(CONTRACT) <= set(index.columns)
     assert len(index) == summary.rows_written == summary.items_ok * 2
     assert not index.duplicated(["image_id", "variant"]).any()
     assert index[NEVER_NULL].notna().all().all()
@@ -99,8 +99,10 @@ def test_outputs_do_not_depend_on_actor_count_or_batching(ray_local, tmp_path, t
     key = ["image_id", "variant"]
     ia, ib, ic = (read_index(p).set_index(key).sort_index() for p in (a, b, c))
     assert len(ia) == 12
-    assert ia["output_sha256"].equals(ib["output_sha256"])
-    assert ia["seed"].equals(ib["seed"])
+    same = ["output_sha256", "mask_sha256", "seed", "split", "augment_params", "mask_info"]
+    for column in same:
+        assert ia[column].equals(ib[column]), column
+    assert ia["boxes"].map(str).equals(ib["boxes"].map(str))
     assert (ia["output_sha256"] != ic["output_sha256"]).all()
 
 
@@ -156,3 +158,53 @@ def test_error_rate_above_limit_commits_nothing(ray_local, tmp_path, tiny_manife
     assert summary.items_quarantined == 1 and summary.items_ok == 3
     assert not (tmp_path / "out" / "_COMMITTED").exists()
     assert "max_error_rate" in summary.message
+
+
+def test_same_stem_different_extension_never_collide(ray_local, tmp_path, tiny_manifest):
+    from conftest import photo_like
+    from PIL import Image
+
+    path = tiny_manifest(count=0)
+    for ext, seed in (("jpg", 1), ("png", 2)):
+        Image.fromarray(photo_like(64, 64, seed)).save(tmp_path / "images" / f"x.{ext}")
+    run(path)
+    index = read_index(tmp_path / "out")
+    assert index["output_uri"].nunique() == len(index) == 4
+    for row in index.itertuples():
+        assert sha256_of(row.output_uri) == row.output_sha256
+
+
+def test_unusable_image_id_is_quarantined_not_fatal(ray_local, tmp_path, tiny_manifest):
+    path = tiny_manifest(count=2, compute="compute: {actors: 1, max_error_rate: 1.0}")
+    (tmp_path / "images" / "a\\b.png").write_bytes((tmp_path / "images" / "img_000.png").read_bytes())
+    summary = run(path)
+    assert summary.status == "committed" and summary.items_ok == 2
+    assert summary.quarantine_reasons == {"bad_image_id": 1}
+
+
+def test_overwrite_keeps_the_old_dataset_until_the_new_one_commits(ray_local, tmp_path, tiny_manifest):
+    path = tiny_manifest(count=3)
+    run(path)
+    old = read_index(tmp_path / "out")
+    (tmp_path / "images" / "broken.png").write_bytes(b"garbage")
+    failed = run(path, "output.overwrite=true", "seed=99")
+    assert failed.status == "failed"
+    assert read_index(tmp_path / "out").equals(old)  # still committed, files intact
+    for row in old.itertuples():
+        assert sha256_of(row.output_uri) == row.output_sha256
+    (tmp_path / "images" / "broken.png").unlink()
+    run(path, "output.overwrite=true", "seed=99")
+    new = read_index(tmp_path / "out")
+    files = {str(p) for p in (tmp_path / "out").rglob("*") if p.is_file() and p.parent.name != "out"}
+    referenced = {fsspec.core.strip_protocol(u) for u in [*new["output_uri"], *new["mask_uri"]]}
+    assert files == referenced  # the replaced dataset's files are gone, nothing orphaned
+
+
+def test_secrets_never_reach_the_run_record_or_index(ray_local, tmp_path, tiny_manifest):
+    canary = "CANARY-7f3a-SECRET"
+    path = tiny_manifest(count=2)
+    run(path, f"output.storage_options.token={canary}")
+    hits = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and canary.encode() in p.read_bytes()]
+    assert hits == []
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["manifest"]["overrides"] == ["output.storage_options.token=<redacted>"]

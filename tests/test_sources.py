@@ -51,3 +51,10 @@ def test_annotations_of_unknown_format_are_refused(tmp_path):
     (tmp_path / "a.xml").write_text("<x/>")
     with pytest.raises(RunError, match="expected a .json"):
         load_annotations(str(tmp_path / "a.xml"), {})
+
+
+def test_folder_names_with_glob_characters_are_literal(tmp_path):
+    folder = tmp_path / "shelves[2024]"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"x")
+    assert [i.image_id for i in list_sources(SourceSpec(uri=str(folder)))] == ["a.png"]
