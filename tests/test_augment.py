@@ -15,7 +15,9 @@ def image_and_mask():
 def test_flip_moves_image_mask_and_boxes_together():
     augment = build_augmenter([{"HorizontalFlip": {"p": 1.0}}])
     image, mask = image_and_mask()
-    out = augment(image, mask, np.array([[0.0, 0.0, 10.0, 40.0]]), ("shelf",), np.random.default_rng(0))
+    out = augment(
+        image, mask, np.array([[0.0, 0.0, 10.0, 40.0]]), ("shelf",), np.random.default_rng(0)
+    )
     assert (out.image[:, -10:] == 200).all() and (out.image[:, :-10] == 0).all()
     assert out.mask[5:15, 52:58].all() and out.mask.sum() == mask.sum()
     np.testing.assert_allclose(out.boxes, [[50.0, 0.0, 60.0, 40.0]], atol=1e-4)
@@ -48,7 +50,10 @@ def test_empty_list_means_no_augmenter():
 
 @pytest.mark.parametrize(
     "steps, message",
-    [([{"Flipx": {}}], "not an albumentations transform"), ([{"HorizontalFlip": {"q": 1}}], "not valid")],
+    [
+        ([{"Flipx": {}}], "not an albumentations transform"),
+        ([{"HorizontalFlip": {"q": 1}}], "not valid"),
+    ],
 )
 def test_typos_are_refused(steps, message):
     with pytest.raises(ValueError, match=message):

@@ -91,7 +91,10 @@ def test_retail_rows_drop_the_erased_boxes(ray_local, tmp_path):
 
 
 def test_outputs_do_not_depend_on_actor_count_or_batching(ray_local, tmp_path, tiny_manifest):
-    path = tiny_manifest(count=6, augment="augment: [{HorizontalFlip: {p: 0.5}}, {RandomBrightnessContrast: {p: 0.5}}]")
+    path = tiny_manifest(
+        count=6,
+        augment="augment: [{HorizontalFlip: {p: 0.5}}, {RandomBrightnessContrast: {p: 0.5}}]",
+    )
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     run(path, f"output.uri={a}", "compute.actors=1", "compute.batch_size=1")
     run(path, f"output.uri={b}", "compute.actors=2", "compute.batch_size=4")
@@ -176,13 +179,17 @@ def test_same_stem_different_extension_never_collide(ray_local, tmp_path, tiny_m
 
 def test_unusable_image_id_is_quarantined_not_fatal(ray_local, tmp_path, tiny_manifest):
     path = tiny_manifest(count=2, compute="compute: {actors: 1, max_error_rate: 1.0}")
-    (tmp_path / "images" / "a\\b.png").write_bytes((tmp_path / "images" / "img_000.png").read_bytes())
+    (tmp_path / "images" / "a\\b.png").write_bytes(
+        (tmp_path / "images" / "img_000.png").read_bytes()
+    )
     summary = run(path)
     assert summary.status == "committed" and summary.items_ok == 2
     assert summary.quarantine_reasons == {"bad_image_id": 1}
 
 
-def test_overwrite_keeps_the_old_dataset_until_the_new_one_commits(ray_local, tmp_path, tiny_manifest):
+def test_overwrite_keeps_the_old_dataset_until_the_new_one_commits(
+    ray_local, tmp_path, tiny_manifest
+):
     path = tiny_manifest(count=3)
     run(path)
     old = read_index(tmp_path / "out")
@@ -195,7 +202,9 @@ def test_overwrite_keeps_the_old_dataset_until_the_new_one_commits(ray_local, tm
     (tmp_path / "images" / "broken.png").unlink()
     run(path, "output.overwrite=true", "seed=99")
     new = read_index(tmp_path / "out")
-    files = {str(p) for p in (tmp_path / "out").rglob("*") if p.is_file() and p.parent.name != "out"}
+    files = {
+        str(p) for p in (tmp_path / "out").rglob("*") if p.is_file() and p.parent.name != "out"
+    }
     referenced = {fsspec.core.strip_protocol(u) for u in [*new["output_uri"], *new["mask_uri"]]}
     assert files == referenced  # the replaced dataset's files are gone, nothing orphaned
 
@@ -204,7 +213,11 @@ def test_secrets_never_reach_the_run_record_or_index(ray_local, tmp_path, tiny_m
     canary = "CANARY-7f3a-SECRET"
     path = tiny_manifest(count=2)
     run(path, f"output.storage_options.token={canary}")
-    hits = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and canary.encode() in p.read_bytes()]
+    hits = [
+        p
+        for p in (tmp_path / "out").rglob("*")
+        if p.is_file() and canary.encode() in p.read_bytes()
+    ]
     assert hits == []
     record = json.loads((tmp_path / "out" / "run.json").read_text())
     assert record["manifest"]["overrides"] == ["output.storage_options.token=<redacted>"]

@@ -33,7 +33,9 @@ def test_listing_is_sorted_with_relative_ids_and_filters_extensions():
 def test_glob_selects(tmp_path):
     for name in ("x.png", "y.jpg"):
         (tmp_path / name).write_bytes(b"x")
-    assert [i.image_id for i in list_sources(SourceSpec(uri=str(tmp_path), glob="*.jpg"))] == ["y.jpg"]
+    assert [i.image_id for i in list_sources(SourceSpec(uri=str(tmp_path), glob="*.jpg"))] == [
+        "y.jpg"
+    ]
 
 
 def test_missing_source_root_is_a_clear_error(tmp_path):
