@@ -149,6 +149,7 @@ def _execute(
         record["ray"] = {"address": str(ray_info.get("address"))}
         timings["ray_init"] = time.perf_counter() - start
         _stream(execute(plan, items), sink, len(items), progress)
+        sink.flush()
     timings["execute"] = time.perf_counter() - start - timings["ray_init"]
     timings["index_write"] = sink.index_write_s  # part of execute, reported for target G10
 

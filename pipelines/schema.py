@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 _BOX = pa.list_(pa.float64(), 4)
 
@@ -70,7 +71,12 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
 
 def split_work(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     """Separate a work table into (index rows, quarantine rows) with their own schemas."""
-    ok = pa.compute.equal(table["status"], "ok")
-    index = table.filter(ok).select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
-    bad = table.filter(pa.compute.invert(ok)).select(QUARANTINE_SCHEMA.names)
-    return index, bad.cast(QUARANTINE_SCHEMA)
+    ok = pc.equal(table["status"], "ok")
+    if pc.all(ok).as_py():  # the usual batch: skip the filters
+        index, bad = table, table.slice(0, 0)
+    else:
+        index, bad = table.filter(ok), table.filter(pc.invert(ok))
+    return (
+        index.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA),
+        bad.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA),
+    )

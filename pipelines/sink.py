@@ -21,6 +21,8 @@ from pipelines.schema import INDEX_SCHEMA, QUARANTINE_SCHEMA, split_work
 from pipelines.sources import filesystem
 from pipelines.storage import publish_bytes
 
+ROW_GROUP_ROWS = 16_384  # index rows buffered per Parquet row group (a few MB)
+
 # Left behind by an uncommitted run: safe to write over without --overwrite.
 _RESIDUE = {layout.STAGING, layout.IMAGES, layout.MASKS}
 _OURS = {layout.COMMIT_MARKER, layout.RUN_RECORD, layout.INDEX, layout.QUARANTINE} | _RESIDUE
@@ -39,6 +41,8 @@ class DatasetSink:
         self.reasons: dict[str, int] = {}
         self.index_write_s = 0.0  # time spent encoding and writing Parquet (target G10)
         self._writers: list[tuple[Any, pq.ParquetWriter]] = []
+        self._buffer: list[pa.Table] = []
+        self._buffered = 0
 
     def check_target(self) -> None:
         """Refuse a non-empty output unless it is ours and overwrite was asked (before compute)."""
@@ -78,7 +82,10 @@ class DatasetSink:
         start = time.perf_counter()
         index, quarantine = split_work(work)
         if index.num_rows:
-            self._index.write_table(index)
+            self._buffer.append(index)
+            self._buffered += index.num_rows
+            if self._buffered >= ROW_GROUP_ROWS:
+                self._flush()
         if quarantine.num_rows:
             self._quarantine.write_table(quarantine)
             for reason in quarantine["reason"].to_pylist():
@@ -87,7 +94,21 @@ class DatasetSink:
         self.rows_quarantined += quarantine.num_rows
         self.index_write_s += time.perf_counter() - start
 
+    def flush(self) -> None:
+        """Write the buffered index rows now (timed like every other index write)."""
+        start = time.perf_counter()
+        self._flush()
+        self.index_write_s += time.perf_counter() - start
+
+    def _flush(self) -> None:
+        # One row group per flush: few large groups read faster than one per batch.
+        if self._buffer:
+            self._index.write_table(pa.concat_tables(self._buffer))
+        self._buffer, self._buffered = [], 0
+
     def _close(self) -> None:
+        if self._writers:
+            self._flush()
         for handle, writer in self._writers:
             writer.close()
             handle.close()
