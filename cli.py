@@ -172,11 +172,25 @@ def samples(
     dest: Annotated[Path, typer.Argument(help="Folder to write the bundled samples into.")] = Path(
         "samples"
     ),
+    only: Annotated[
+        list[str] | None,
+        typer.Option(help="Only this folder: shelves, photos, aerial or cxr (repeatable)."),
+    ] = None,
 ) -> None:
     """Regenerate the bundled sample images (shelves are procedural; photos, tiles and X-rays are converted from packages of the `samples` extra)."""
-    from pipelines.samples import write_samples
+    from pipelines.samples import FOLDERS, MissingSampleSource, write_samples
 
-    counts = write_samples(dest)
+    unknown = sorted(set(only or ()) - set(FOLDERS))
+    if unknown:
+        err.print(
+            f"[bold red]unknown sample folder[/] {', '.join(unknown)}; choose from {', '.join(FOLDERS)}"
+        )
+        raise typer.Exit(2)
+    try:
+        counts = write_samples(dest, only=set(only) if only else None)
+    except MissingSampleSource as exc:
+        err.print(f"[bold red]cannot write samples:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
     for folder, count in counts.items():
         out.print(f"{folder}: {count} files")
 

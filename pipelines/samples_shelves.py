@@ -1,4 +1,4 @@
-"""Procedural retail shelf scenes with exact product boxes (SKU-110K CSV and COCO JSON).
+"""Procedural retail shelf scenes with exact product boxes (written out by pipelines.samples).
 
 Real shelf photos with box labels are not licence-clean, so the retail demo draws its own:
 shelf boards, runs of touching product facings (boxes, cans, bottles) with a printed label,
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import colorsys
 import io
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -24,8 +22,6 @@ SHELF_COUNT = 8
 WIDTH, HEIGHT = 1024, 768
 SHELF_SEED = 20261122
 JPEG_QUALITY = 90
-CLASS_NAME = "object"  # SKU-110K has a single class
-CSV_HEADER = "image_name,x1,y1,x2,y2,class,image_width,image_height"
 _SYLLABLES = ("KA", "LO", "MI", "ZU", "TE", "RA", "NO", "VI", "SE", "DA", "PU", "BEL", "OR", "FI")
 _WALLS = ((206, 204, 198), (222, 214, 196), (188, 196, 204), (214, 216, 218))
 
@@ -305,50 +301,3 @@ def _lighting(rng: np.random.Generator, boards: list[tuple[int, int]]) -> np.nda
         below = ys - y1
         light *= np.where(below >= 0, 1.0 - 0.3 * np.exp(-below / 14.0), 1.0)
     return light
-
-
-def shelf_csv(scenes: list[ShelfScene]) -> str:
-    """Boxes in SKU-110K CSV columns, one row per facing, integer pixels (x2/y2 exclusive)."""
-    lines = [CSV_HEADER]
-    for scene in scenes:
-        for f in scene.facings:
-            row = (scene.name, f.x1, f.y1, f.x2, f.y2, CLASS_NAME, WIDTH, HEIGHT)
-            lines.append(",".join(str(v) for v in row))
-    return "\n".join(lines) + "\n"
-
-
-def shelf_coco(scenes: list[ShelfScene]) -> str:
-    """The same boxes as COCO detection JSON (bbox = [x1, y1, x2 - x1, y2 - y1])."""
-    images, annotations = [], []
-    for image_id, scene in enumerate(scenes, start=1):
-        images.append({"id": image_id, "file_name": scene.name, "width": WIDTH, "height": HEIGHT})
-        for f in scene.facings:
-            w, h = f.x2 - f.x1, f.y2 - f.y1
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": 1,
-                    "bbox": [f.x1, f.y1, w, h],
-                    "area": w * h,
-                    "iscrowd": 0,
-                }
-            )
-    categories = [{"id": 1, "name": CLASS_NAME, "supercategory": "product"}]
-    # One record per line: compact, yet a regenerated file still diffs line by line.
-    parts = [
-        f'"{key}": [\n' + ",\n".join(json.dumps(r, sort_keys=True) for r in records) + "\n]"
-        for key, records in (("images", images), ("annotations", annotations))
-    ]
-    parts.append(f'"categories": {json.dumps(categories, sort_keys=True)}')
-    return "{\n" + ",\n".join(parts) + "\n}\n"
-
-
-def write_shelves(out: Path) -> int:
-    """Write every scene as JPEG plus ``boxes.csv`` and ``coco.json``; returns files written."""
-    scenes = [render_shelf(i) for i in range(SHELF_COUNT)]
-    for scene in scenes:
-        (out / scene.name).write_bytes(encode_jpeg(scene.image))
-    (out / "boxes.csv").write_text(shelf_csv(scenes), encoding="utf-8", newline="\n")
-    (out / "coco.json").write_text(shelf_coco(scenes), encoding="utf-8", newline="\n")
-    return len(scenes) + 2

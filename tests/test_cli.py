@@ -111,3 +111,14 @@ def test_run_over_error_rate_exits_1_with_json(tmp_path, tiny_manifest):
     assert summary["status"] == "failed" and summary["quarantine_reasons"] == {"empty_object": 1}
     assert "max_error_rate" in result.stderr
     assert not (tmp_path / "out" / "_COMMITTED").exists()
+
+
+def test_samples_writes_the_shelves_and_refuses_unknown_folders(tmp_path):
+    result = pipeline("samples", str(tmp_path), "--only", "shelves")
+    assert result.returncode == 0, result.stderr
+    assert "shelves: 10 files" in result.stdout
+    assert (tmp_path / "shelves" / "boxes.csv").read_bytes() == (
+        ROOT / "samples/shelves/boxes.csv"
+    ).read_bytes()
+    bad = pipeline("samples", str(tmp_path), "--only", "moon")
+    assert bad.returncode == 2 and "shelves" in bad.stderr
