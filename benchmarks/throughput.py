@@ -35,7 +35,7 @@ from pipelines.manifest_loader import load_manifest  # noqa: E402
 from pipelines.process import ItemProcessor, RunPlan  # noqa: E402
 from pipelines.provenance import code_version  # noqa: E402
 from pipelines.ray_plan import THREAD_PINS, pin_threads  # noqa: E402
-from pipelines.run import _work_items, plan_run, run_manifest  # noqa: E402
+from pipelines.run import plan_run, run_manifest, work_items  # noqa: E402
 
 VARIANTS = 2
 
@@ -78,7 +78,7 @@ def loaded(path: Path, out: Path, actors: int, batch: int):
 def plan_and_items(path: Path, out: Path):
     lm = loaded(path, out, 1, 1)
     plan = RunPlan(lm.manifest, lm.fingerprint, "bench", code_version())
-    return plan, _work_items(plan_run(lm))
+    return plan, work_items(plan_run(lm))
 
 
 _worker: ItemProcessor | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,8 +27,6 @@ THREAD_PINS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THR
 
 def pin_threads() -> None:
     """One thread per library pool in this process (cv2, torch if already loaded)."""
-    import sys
-
     import cv2
 
     cv2.setNumThreads(1)

@@ -100,7 +100,7 @@ def run_manifest(
     record = _record(loaded, summary, started)
     sink.open()
     try:
-        _execute(plan, _work_items(planned), sink, address, progress, record, timings)
+        _execute(plan, work_items(planned), sink, address, progress, record, timings)
         _count(summary, sink, m.variants)
     except Exception as exc:  # record why, keep the staged rows for inspection, commit nothing
         summary.status, summary.message = "failed", f"{type(exc).__name__}: {exc}"
@@ -164,7 +164,8 @@ def _stream(tables: Any, sink: DatasetSink, total: int, progress: Progress | Non
             progress(done, total)
 
 
-def _work_items(planned: PlannedRun) -> list[dict[str, Any]]:
+def work_items(planned: PlannedRun) -> list[dict[str, Any]]:
+    """The per-item payload sent to workers: id, URI, size and joined boxes/labels."""
     items = []
     for item in planned.items:
         ann = planned.annotations.get(item.image_id)

@@ -221,3 +221,25 @@ def test_secrets_never_reach_the_run_record_or_index(ray_local, tmp_path, tiny_m
     assert hits == []
     record = json.loads((tmp_path / "out" / "run.json").read_text())
     assert record["manifest"]["overrides"] == ["output.storage_options.token=<redacted>"]
+
+
+def test_user_masks_from_files_are_read_matched_and_recorded(ray_local, tmp_path, tiny_manifest):
+    import numpy as np
+    from PIL import Image
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    hole = np.zeros((96, 128), np.uint8)
+    hole[20:40, 30:70] = 255
+    Image.fromarray(hole).save(masks / "img_000.png")
+    Image.fromarray(255 - hole).save(masks / "img_001.png")  # inverted: polarity auto fixes it
+    spec = f'masks: [{{kind: from_files, uri: "{masks}"}}]'
+    path = tiny_manifest(count=3, masks=spec, compute="compute: {actors: 1, max_error_rate: 1.0}")
+    summary = run(path)
+    assert summary.items_ok == 2 and summary.quarantine_reasons == {"mask_error": 1}
+    index = read_index(tmp_path / "out")
+    assert np.allclose(index["mask_fraction"], hole.astype(bool).mean())
+    for row in index.itertuples():
+        with fsspec.open(row.mask_uri, "rb") as handle:
+            written = np.asarray(Image.open(handle).convert("L")) > 0
+        assert (written == hole.astype(bool)).all()
