@@ -236,12 +236,14 @@ def main() -> None:
     rate = {k: round(images / v, 2) for k, v in med.items()}
     per_image_loop = med["loop"] / images
     fixed = ray_init_s + med["ray2_one_item"] - per_image_loop * VARIANTS
-    steady = (med["pool2"] - med["pool2_one_item"]) / (med["ray2"] - med["ray2_one_item"])
+    ray_work = med["ray2"] - med["ray2_one_item"]
+    # Meaningless when start-up noise exceeds the work (use --items >= 32): reported as null.
+    steady = (med["pool2"] - med["pool2_one_item"]) / ray_work if ray_work > 0.5 else None
     ratios = {
         "G1_fused_vs_isolated_stages": round(sum(stages.values()) / med["loop"], 3),
         "G2_pool2_vs_pool1": round(med["pool1"] / med["pool2"], 3),
         "G3_ray2_vs_pool2": round(med["pool2"] / med["ray2"], 3),
-        "G3_ray2_vs_pool2_steady_state": round(steady, 3),
+        "G3_ray2_vs_pool2_steady_state": round(steady, 3) if steady is not None else None,
         "G3_ray1_per_image_cost_vs_pool1": round(med["ray1"] / med["pool1"], 3),
         "G3b_ray_fixed_cost_s": round(fixed, 2),
         "G10_index_write_share": round(median(index_share), 5),
@@ -250,7 +252,7 @@ def main() -> None:
         "G1_fused_vs_isolated_stages": ratios["G1_fused_vs_isolated_stages"] >= 0.85,
         "G2_pool2_vs_pool1": ratios["G2_pool2_vs_pool1"] >= 1.9,
         "G3_ray2_vs_pool2": ratios["G3_ray2_vs_pool2"] >= 0.9,
-        "G3_ray2_vs_pool2_steady_state": ratios["G3_ray2_vs_pool2_steady_state"] >= 0.9,
+        "G3_ray2_vs_pool2_steady_state": steady is not None and steady >= 0.9,
         "G3_ray1_per_image_cost_vs_pool1": ratios["G3_ray1_per_image_cost_vs_pool1"] <= 1.05,
         "G3b_ray_fixed_cost_s": ratios["G3b_ray_fixed_cost_s"] <= 10,
         "G10_index_write_share": ratios["G10_index_write_share"] <= 0.01,
