@@ -84,3 +84,16 @@ def _describe(value: object) -> str:
     if isinstance(value, np.ndarray):
         return f"array of shape {value.shape} and dtype {value.dtype}"
     return type(value).__name__
+
+
+def blank_fill(filled: np.ndarray, mask: np.ndarray) -> bool:
+    """True when every hole pixel got the same value: a black (or flat) model output.
+
+    Diffusion pipelines return black images when a safety filter trips, and a broken model can
+    return a constant; with the safety checker off, this check reports such fills on the row.
+    A hole of a single pixel is never blank.
+    """
+    if np.count_nonzero(mask) < 2:
+        return False
+    values = filled[mask]
+    return bool((values == values[0]).all())

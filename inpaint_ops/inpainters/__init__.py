@@ -13,17 +13,32 @@ from pydantic import Field
 
 from inpaint_ops.inpainters.base import InpainterSpec, InpaintFn
 from inpaint_ops.inpainters.classical import NavierStokes, Telea
+from inpaint_ops.inpainters.diffusion import Diffusion
+from inpaint_ops.inpainters.lama import Lama
+from inpaint_ops.inpainters.maskaware import MaskAware
 
 # Union[...] rather than `|`: the members are listed one a line as the union grows.
-InpainterKind = Annotated[Union[Telea, NavierStokes], Field(discriminator="kind")]  # noqa: UP007
+InpainterKind = Annotated[
+    Union[  # noqa: UP007
+        Telea,
+        NavierStokes,
+        MaskAware,
+        Lama,
+        Diffusion,
+    ],
+    Field(discriminator="kind"),
+]
 
 INPAINTER_KINDS: tuple[type[InpainterSpec], ...] = get_args(get_args(InpainterKind)[0])
 
 __all__ = [
     "INPAINTER_KINDS",
+    "Diffusion",
     "InpaintFn",
     "InpainterKind",
     "InpainterSpec",
+    "Lama",
+    "MaskAware",
     "NavierStokes",
     "Telea",
 ]

@@ -10,6 +10,7 @@ for row 0 there, which biases such fills by about one pixel's worth of gradient.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import cv2
@@ -62,14 +63,14 @@ class _OpenCVInpainter(InpainterSpec):
         "`large_image` strategy; smaller ones are always filled whole.",
     )
 
-    def load(self, device: str = "cpu") -> InpaintFn:
+    def load(self, device: str = "cpu", weights: Path | None = None) -> InpaintFn:
         """The fill function ``fn(image, mask, rng) -> image``.
 
         The method runs on the CPU whatever ``device`` names. It is deterministic: ``rng`` is
         accepted for the common interface and not used, so every variant of an image gets the
         same fill. Images are (H, W, C), C in {1, 3}, uint8 or uint16; 16-bit stays 16-bit.
         """
-        del device
+        del device, weights  # CPU only, no weights
 
         def fill(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             del rng  # deterministic method: nothing to draw
