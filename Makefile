@@ -17,12 +17,13 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip $(QUIET)
 	$(PIP) install "$(TORCH)" $(QUIET)
-	$(PIP) install -c constraints.txt -e ".[dev,samples]" $(QUIET)
+	$(PIP) install -c constraints.txt -e ".[dev,samples,diffusion]" $(QUIET)
 	$(BIN)/python -c "import cli, pipelines, inpaint_ops, torch, ray"
 	touch $@
 
 demo: $(BIN)/.installed
 	$(BIN)/pipeline run manifests/retail_shelf.yaml --overwrite
+	$(BIN)/pipeline run manifests/retail_shelf_compare.yaml --overwrite
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

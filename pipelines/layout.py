@@ -39,19 +39,26 @@ def content_tag(manifest_sha256: str, source_sha256: str) -> str:
     return hashlib.blake2b(data, digest_size=4).hexdigest()
 
 
-def output_key(image_id: str, variant: int, fmt: str, tag: str) -> str:
+def output_key(
+    image_id: str, variant: int, fmt: str, tag: str, inpainter: str | None = None
+) -> str:
     """Relative key of one variant's image: images/<shard>/<image_id>__v003-<tag>.jpg.
 
     The whole image_id (extension included) is kept so ``x.jpg`` and ``x.png`` never collide.
+    With several inpainters side by side their label is added: ``__v003-lama-<tag>.jpg``.
     """
-    check_image_id(image_id)
-    return f"{IMAGES}/{shard(image_id)}/{image_id}__v{variant:03d}-{tag}.{EXTENSIONS[fmt]}"
+    return f"{IMAGES}/{_stem(image_id, variant, tag, inpainter)}.{EXTENSIONS[fmt]}"
 
 
-def mask_key(image_id: str, variant: int, tag: str) -> str:
+def mask_key(image_id: str, variant: int, tag: str, inpainter: str | None = None) -> str:
     """Relative key of one variant's mask (1-bit PNG, white = filled)."""
+    return f"{MASKS}/{_stem(image_id, variant, tag, inpainter)}.png"
+
+
+def _stem(image_id: str, variant: int, tag: str, inpainter: str | None) -> str:
     check_image_id(image_id)
-    return f"{MASKS}/{shard(image_id)}/{image_id}__v{variant:03d}-{tag}.png"
+    label = f"{inpainter}-" if inpainter else ""
+    return f"{shard(image_id)}/{image_id}__v{variant:03d}-{label}{tag}"
 
 
 def join(root: str, key: str) -> str:

@@ -24,8 +24,9 @@ from pydantic import (
     model_validator,
 )
 
-from inpaint_ops.inpainters import InpainterKind
+from inpaint_ops.inpainters import InpainterKind, InpainterSpec
 from inpaint_ops.masks import MaskKind
+from pipelines.train_spec import TrainSpec
 
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
@@ -170,7 +171,11 @@ class Manifest(_Spec):
         min_length=1,
         description="Mask generators; several are combined as the union of their masks.",
     )
-    inpainter: InpainterKind
+    inpainter: InpainterKind | Annotated[list[InpainterKind], Field(min_length=1)] = Field(
+        description="The fill method, or a list of them to compare side by side: each fills "
+        "the same masks with the same seeds and writes its own outputs (rows name it in "
+        "`inpainter`; give two of one kind distinct `name`s)."
+    )
     augment: list[AugmentStep] = Field(
         default_factory=list,
         description="Optional albumentations steps, e.g. [{HorizontalFlip: {p: 0.5}}], applied jointly to image, mask and boxes after the fill.",
@@ -178,6 +183,9 @@ class Manifest(_Spec):
     split: SplitSpec = Field(default_factory=SplitSpec)
     output: OutputSpec
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
+    train: TrainSpec | None = Field(
+        None, description="How `pipeline train` fits a maskaware model to this source and masks."
+    )
 
     @field_validator("augment")
     @classmethod
@@ -189,22 +197,47 @@ class Manifest(_Spec):
         build_augmenter(steps)  # raises ValueError naming the bad step
         return steps
 
+    @model_validator(mode="after")
+    def _distinct_inpainter_labels(self) -> Manifest:
+        labels = [spec.label for spec in self.inpainters]
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise ValueError(
+                f"inpainters listed side by side need distinct labels; {repeated} repeat: "
+                "give each a `name`"
+            )
+        return self
+
+    @property
+    def inpainters(self) -> tuple[InpainterSpec, ...]:
+        """The inpainters in the order listed (one, unless several are compared)."""
+        if isinstance(self.inpainter, list):
+            return tuple(self.inpainter)
+        return (self.inpainter,)
+
     def fingerprint(self) -> str:
         """sha256 of the recipe: everything that decides pixels and labels.
 
         Where data lives (URIs, storage options) and how work is spread (``compute``) are left
         out, so the same recipe moved to a bucket or a cluster keeps its fingerprint; the data
-        itself is pinned per row by ``source_sha256``.
+        itself is pinned per row by ``source_sha256`` (and model weights by ``weights_sha256``).
         """
-        data = self.model_dump(mode="json", exclude=_NOT_RECIPE)
+        exclude = dict(_NOT_RECIPE)
+        if isinstance(self.inpainter, list):
+            exclude["inpainter"] = {"__all__": _NOT_RECIPE["inpainter"]}
+        data = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(canonical_json(data).encode()).hexdigest()
 
 
 _NOT_RECIPE: dict[str, Any] = {
     "compute": True,
+    "train": True,  # changes the weights, whose sha256 is on every row; not this dataset's recipe
     "masks": {"__all__": {"uri"}},  # where from_files masks live
     "source": {"uri", "annotations", "storage_options"},
     "output": {"uri", "storage_options", "overwrite"},
+    # Where weights live and how to reach them; the weights themselves are pinned per row by
+    # weights_sha256 (and by the manifest's own pin, which stays in the recipe).
+    "inpainter": {"weights", "storage_options"},
 }
 
 

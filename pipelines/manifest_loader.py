@@ -106,13 +106,44 @@ def resolve_paths(manifest: Manifest, base: Path) -> Manifest:
         for m in manifest.masks
     ]
     output = manifest.output.model_copy(update={"uri": resolve_uri(manifest.output.uri, base)})
+    inpainters = [
+        spec.model_copy(update={"weights": resolve_uri(spec.weights, base)})
+        if spec.weights_uri() is not None
+        else spec
+        for spec in manifest.inpainters
+    ]
     return manifest.model_copy(
-        update={"source": source.model_copy(update=updates), "masks": masks, "output": output}
+        update={
+            "source": source.model_copy(update=updates),
+            "masks": masks,
+            "inpainter": inpainters if isinstance(manifest.inpainter, list) else inpainters[0],
+            "output": output,
+        }
     )
 
 
+# Errors that only say "this branch of `one | list of them` does not fit the input's shape".
+_WRONG_SHAPE = {"dict_type", "model_attributes_type", "list_type", "model_type"}
+
+
+def _readable(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The errors a user can act on, with pydantic's union branch names dropped from paths."""
+    real = [
+        e
+        for e in errors
+        if not (e["type"] in _WRONG_SHAPE and e["loc"] and _is_branch(e["loc"][-1]))
+    ]
+    return [{**e, "loc": tuple(p for p in e["loc"] if not _is_branch(p))} for e in real or errors]
+
+
+def _is_branch(part: object) -> bool:
+    """A path segment naming a union branch, e.g. ``tagged-union[Telea,...]`` or ``list[...]``."""
+    return isinstance(part, str) and part.endswith("]") and "[" in part
+
+
 def _manifest_error(exc: ValidationError) -> ManifestError:
-    err = exc.errors(include_url=False)[0]
+    errors = _readable(exc.errors(include_url=False))
+    err = errors[0]
     where = ".".join(str(p) for p in err["loc"]) or "<root>"
     hint = ""
     if err["type"] == "extra_forbidden":
@@ -125,7 +156,7 @@ def _manifest_error(exc: ValidationError) -> ManifestError:
         return ManifestError(where, "unknown field", hint)
     if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
         hint = "see `pipeline schema` for the kinds and their fields"
-    more = len(exc.errors()) - 1
+    more = len(errors) - 1
     message = err["msg"] + (f" (and {more} more error{'s' * (more > 1)})" if more else "")
     return ManifestError(where, message, hint)
 

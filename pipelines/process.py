@@ -9,26 +9,31 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from inpaint_ops.augment import Augmented, build_augmenter
-from inpaint_ops.composite import composite, leak, mask_fraction
+from inpaint_ops.composite import blank_fill, composite, leak, mask_fraction
+from inpaint_ops.inpainters.base import FillJob, InpainterSpec, InpaintFn, fill_many
 from inpaint_ops.masks import FromFiles, combine
 from inpaint_ops.masks.base import MaskContext, MaskResult
 from pipelines import layout
 from pipelines.codec import decode_image, decode_mask, encode_image, encode_mask
-from pipelines.errors import ItemError, Reason
+from pipelines.errors import ItemError, Reason, RunError
 from pipelines.manifest import Manifest, canonical_json
 from pipelines.seeding import rng_for, unit_interval, variant_seed
 from pipelines.sources import filesystem, read_bytes
 from pipelines.storage import publish_bytes
+from pipelines.weights import fetch_weights
+
+_log = logging.getLogger("synthfill")
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,8 @@ class RunPlan:
     manifest_sha256: str
     run_id: str
     code_version: str
+    # label -> sha256 of the weights the driver checked before compute (inpainters with weights)
+    weights_sha256: dict[str, str] = field(default_factory=dict)
 
 
 @contextmanager
@@ -54,38 +61,102 @@ def guard(stage: str, reason: Reason) -> Iterator[None]:
 
 
 @dataclass
-class _Variant:
+class _Output:
     row: dict[str, Any]
     image_bytes: bytes
     mask_bytes: bytes
 
 
+@dataclass
+class _Prepared:
+    """An item read, decoded and masked, waiting for its fills (or the error that stopped it)."""
+
+    item: dict[str, Any]
+    start: float
+    image: np.ndarray | None = None
+    context: MaskContext | None = None
+    masks: list[MaskResult] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    fills: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    error: ItemError | None = None
+
+
+@dataclass(frozen=True)
+class LoadedInpainter:
+    """One inpainter of the manifest, loaded in this worker."""
+
+    spec: InpainterSpec
+    fill: InpaintFn
+    params: str
+    weights_sha256: str | None
+    device: str  # where it actually runs (a GPU request falls back to the CPU without one)
+
+
 class ItemProcessor:
-    """Processes items for one run; build once per worker (loads the inpainter once)."""
+    """Processes items for one run; build once per worker (loads the inpainters once)."""
 
     def __init__(self, plan: RunPlan, device: str = "cpu") -> None:
         m = plan.manifest
-        self.plan = plan
-        self.fill = m.inpainter.load(device)
+        self.plan, self.device = plan, device
+        self.fallbacks = 0  # batched fills retried item by item
+        kinds = tuple(s.kind for s in m.masks)
+        self.inpainters = [self._load(spec.for_masks(kinds)) for spec in m.inpainters]
         self.augmenter = build_augmenter(m.augment)
         self.out_fs, self.out_root = filesystem(m.output.uri, m.output.storage_options)
         self.out_root = self.out_root.rstrip("/")
         self.user_masks = next((s for s in m.masks if isinstance(s, FromFiles)), None)
         self.mask_params = canonical_json([s.model_dump(mode="json") for s in m.masks])
         self.mask_kind = "+".join(s.kind for s in m.masks)
-        self.inpainter_params = canonical_json(m.inpainter.model_dump(mode="json"))
-        self.weights_sha256 = m.inpainter.weights_sha256()
+
+    def _load(self, spec: InpainterSpec) -> LoadedInpainter:
+        uri = spec.weights_uri()
+        local = None
+        if uri is not None:
+            # The driver checked the weights before any compute; load exactly those bytes.
+            pinned = self.plan.weights_sha256.get(spec.label)
+            if pinned is None:
+                raise RunError(
+                    f"inpainter {spec.label!r} has weights but the run plan has no checked hash "
+                    "for them (build plans with pipelines.run.check_weights)"
+                )
+            local = fetch_weights(uri, getattr(spec, "storage_options", {}), expected_sha256=pinned)
+        params = canonical_json(spec.model_dump(mode="json", exclude={"storage_options"}))
+        fill = spec.load(self.device, local.path if local else None)
+        device = str(getattr(fill, "device", "cpu"))
+        return LoadedInpainter(spec, fill, params, local.sha256 if local else None, device)
 
     def __call__(self, item: dict[str, Any]) -> list[dict[str, Any]]:
-        """Rows for one item: one per variant, or a single quarantine row."""
-        start = time.perf_counter()
-        try:
-            return self._process(item, start)
-        except ItemError as err:
-            return [self._quarantine(item, err, start)]
+        """Rows for one item: one per variant and inpainter, or a single quarantine row."""
+        return self.process([item])
 
-    def _process(self, item: dict[str, Any], start: float) -> list[dict[str, Any]]:
-        m = self.plan.manifest
+    def process(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Rows for a batch of items; fills of the whole batch share model calls."""
+        prepared = [self._prepare(dict(item)) for item in items]
+        ready = [p for p in prepared if p.error is None]
+        for inpainter in self.inpainters:
+            self._fill(inpainter, ready)
+        rows: list[dict[str, Any]] = []
+        for p in prepared:
+            if p.error is None:
+                try:
+                    rows.extend(self._finish(p))
+                except ItemError as err:
+                    p.error = err
+            if p.error is not None:
+                rows.append(self._quarantine(p.item, p.error, p.start))
+            p.image, p.fills, p.masks = None, {}, []  # free each item once it is written
+        return rows
+
+    def _prepare(self, item: dict[str, Any]) -> _Prepared:
+        p = _Prepared(item, time.perf_counter())
+        try:
+            self._read(p)
+        except ItemError as err:
+            p.error = err
+        return p
+
+    def _read(self, p: _Prepared) -> None:
+        m, item = self.plan.manifest, p.item
         with guard("read", Reason.BAD_IMAGE_ID):
             layout.check_image_id(item["image_id"])
         with guard("read", Reason.READ_ERROR):
@@ -95,21 +166,69 @@ class ItemProcessor:
                 raise ItemError(Reason.MISSING, f"{item['uri']} no longer exists", "read") from exc
         item["source_sha256"] = hashlib.sha256(data).hexdigest()
         with guard("decode", Reason.DECODE_ERROR):
-            image = decode_image(data, max_pixels=m.source.max_pixels, name=item["image_id"])
-        context = self._context(item, image)
-        variants = []
+            p.image = decode_image(data, max_pixels=m.source.max_pixels, name=item["image_id"])
+        p.image.flags.writeable = False  # shared by every fill: an in-place edit is a bug
+        with guard("read", Reason.READ_ERROR):
+            p.context = self._context(item, p.image)
         for v in range(m.variants):
             item["variant"] = v
-            variants.append(self._variant(image, context, item))
-        item["variant"] = item["seed"] = None  # a write failure concerns the whole item
+            seed = item["seed"] = variant_seed(m.seed, item["image_id"], v)
+            with guard("mask", Reason.MASK_ERROR):
+                made = combine(m.masks, p.image, p.context, rng_for(seed, "mask"))
+            if not made.mask.any():
+                raise ItemError(
+                    Reason.EMPTY_MASK, f"{self.mask_kind} produced an empty mask", "mask"
+                )
+            p.masks.append(made)
+            p.seeds.append(seed)
+        item["variant"] = item["seed"] = None
+
+    def _fill(self, inpainter: LoadedInpainter, ready: list[_Prepared]) -> None:
+        """Fill every variant of every ready item, batched; a failure stays with its item."""
+        label = inpainter.spec.label
+        ready = [p for p in ready if p.error is None]  # an earlier inpainter may have failed one
+        jobs = [self._jobs(p) for p in ready]
+        try:
+            flat = fill_many(inpainter.fill, [job for item_jobs in jobs for job in item_jobs])
+        except Exception as exc:  # retried item by item below, so the error lands on its item
+            _log.warning("%s: a batched fill failed (%s); filling item by item", label, exc)
+            self.fallbacks += 1
+            flat = None
+        at = 0
+        for p, item_jobs in zip(ready, jobs, strict=True):
+            at += len(item_jobs)
+            if flat is not None:
+                p.fills[label] = flat[at - len(item_jobs) : at]
+                continue
+            try:
+                with guard("inpaint", Reason.INPAINT_ERROR):
+                    p.fills[label] = fill_many(inpainter.fill, self._jobs(p))
+            except ItemError as err:
+                err.detail = f"{label}: {err.detail}"
+                p.error = err
+
+    def _jobs(self, p: _Prepared) -> list[FillJob]:
+        assert p.image is not None
+        return [
+            (p.image, made.mask, rng_for(seed, "inpaint"))
+            for made, seed in zip(p.masks, p.seeds, strict=True)
+        ]
+
+    def _finish(self, p: _Prepared) -> list[dict[str, Any]]:
+        outs = [
+            self._output(p, v, inpainter)
+            for v in range(len(p.masks))
+            for inpainter in self.inpainters
+        ]
+        p.item["variant"] = p.item["seed"] = None  # a write failure concerns the whole item
         with guard("write", Reason.WRITE_ERROR):
-            for out in variants:
+            for out in outs:
                 publish_bytes(self.out_fs, self._path(out.row["output_uri"]), out.image_bytes)
                 publish_bytes(self.out_fs, self._path(out.row["mask_uri"]), out.mask_bytes)
-        per_variant = (time.perf_counter() - start) * 1000 / len(variants)
-        for out in variants:
-            out.row["elapsed_ms"] = round(per_variant, 3)
-        return [out.row for out in variants]
+        per_output = (time.perf_counter() - p.start) * 1000 / len(outs)
+        for out in outs:
+            out.row["elapsed_ms"] = round(per_output, 3)
+        return [out.row for out in outs]
 
     def _context(self, item: dict[str, Any], image: np.ndarray) -> MaskContext:
         boxes = np.asarray(item.get("boxes") or [], dtype=np.float64).reshape(-1, 4)
@@ -129,33 +248,34 @@ class ItemProcessor:
                 return None  # the generator reports the missing mask with the image_id
             return decode_mask(data, max_pixels=self.plan.manifest.source.max_pixels)
 
-    def _variant(self, image: np.ndarray, context: MaskContext, item: dict[str, Any]) -> _Variant:
-        m = self.plan.manifest
-        seed = item["seed"] = variant_seed(m.seed, item["image_id"], item["variant"])
-        with guard("mask", Reason.MASK_ERROR):
-            made = combine(m.masks, image, context, rng_for(seed, "mask"))
-        if not made.mask.any():
-            raise ItemError(Reason.EMPTY_MASK, f"{self.mask_kind} produced an empty mask", "mask")
+    def _output(self, p: _Prepared, v: int, inpainter: LoadedInpainter) -> _Output:
+        m, image, context, made = self.plan.manifest, p.image, p.context, p.masks[v]
+        assert image is not None and context is not None
+        p.item["variant"], p.item["seed"] = v, p.seeds[v]
+        filled = p.fills[inpainter.spec.label][v]
         with guard("inpaint", Reason.INPAINT_ERROR):
-            filled = self.fill(image.copy(), made.mask, rng_for(seed, "inpaint"))
             fill_leak = leak(image, filled, made.mask)["max_abs"]
+            # A flat classical fill of a flat region is right; a flat model output is not.
+            is_blank = blank_fill(filled, made.mask) if inpainter.weights_sha256 else None
             output = composite(image, filled, made.mask)
-        keep = np.ones(len(context.boxes), dtype=bool)
-        keep[list(made.removed)] = False
-        labels = tuple(lbl for lbl, k in zip(context.labels, keep, strict=True) if k)
+        with guard("mask", Reason.MASK_ERROR):
+            keep = np.ones(len(context.boxes), dtype=bool)
+            keep[list(made.removed)] = False
+            labels = tuple(lbl for lbl, k in zip(context.labels, keep, strict=True) if k)
         edit = Augmented(output, made.mask, context.boxes[keep], labels, [])
         if self.augmenter is not None:
             with guard("augment", Reason.AUGMENT_ERROR):
                 edit = self.augmenter(
-                    edit.image, edit.mask, edit.boxes, edit.labels, rng_for(seed, "augment")
+                    edit.image, edit.mask, edit.boxes, edit.labels, rng_for(p.seeds[v], "augment")
                 )
         with guard("encode", Reason.ENCODE_ERROR):
             fmt = m.output
             image_bytes = encode_image(edit.image, fmt.format, fmt.quality, fmt.png_level)
             mask_bytes = encode_mask(edit.mask)
-        row = self._row(item, image, made, edit, image_bytes, mask_bytes)
+        row = self._row(p.item, image, made, edit, image_bytes, mask_bytes, inpainter)
         row["fill_leak_max"] = float(fill_leak)
-        return _Variant(row, image_bytes, mask_bytes)
+        row["fill_blank"] = is_blank
+        return _Output(row, image_bytes, mask_bytes)
 
     def _row(
         self,
@@ -165,9 +285,12 @@ class ItemProcessor:
         edit: Augmented,
         image_bytes: bytes,
         mask_bytes: bytes,
+        inpainter: LoadedInpainter,
     ) -> dict[str, Any]:
         m, image_id, v = self.plan.manifest, item["image_id"], item["variant"]
         tag = layout.content_tag(self.plan.manifest_sha256, item["source_sha256"])
+        # Several inpainters side by side each get their own keys; one keeps the plain ones.
+        label = inpainter.spec.label if len(self.inpainters) > 1 else None
         removed = set(made.removed)
         return {
             **self._lineage(item, "ok"),
@@ -180,13 +303,14 @@ class ItemProcessor:
             "mask_params": self.mask_params,
             "mask_info": json.dumps(made.info, sort_keys=True, default=str),
             "mask_fraction": mask_fraction(edit.mask),
-            "mask_uri": self._uri(layout.mask_key(image_id, v, tag)),
+            "mask_uri": self._uri(layout.mask_key(image_id, v, tag, label)),
             "mask_sha256": hashlib.sha256(mask_bytes).hexdigest(),
-            "inpainter": m.inpainter.kind,
-            "inpainter_params": self.inpainter_params,
-            "weights_sha256": self.weights_sha256,
+            "inpainter": inpainter.spec.label,
+            "inpainter_params": inpainter.params,
+            "weights_sha256": inpainter.weights_sha256,
+            "inpaint_device": inpainter.device,
             "augment_params": canonical_json(edit.params),
-            "output_uri": self._uri(layout.output_key(image_id, v, m.output.format, tag)),
+            "output_uri": self._uri(layout.output_key(image_id, v, m.output.format, tag, label)),
             "output_sha256": hashlib.sha256(image_bytes).hexdigest(),
             "output_width": edit.image.shape[1],
             "output_height": edit.image.shape[0],

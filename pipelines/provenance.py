@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from pipelines.manifest_loader import LoadedManifest
 
@@ -18,6 +21,9 @@ PACKAGES = (
     "pillow",
     "albumentations",
     "torch",
+    "safetensors",
+    "diffusers",
+    "transformers",
     "ray",
     "pyarrow",
     "pandas",
@@ -101,19 +107,39 @@ def redact(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def redact_override(item: str) -> str:
-    """A ``--set`` override as recorded: values under storage_options are hidden."""
+    """A ``--set`` override as recorded: values under storage_options are hidden.
+
+    Both ``--set source.storage_options.key=...`` and a whole section given as YAML
+    (``--set 'inpainter={..., storage_options: {...}}'``) are covered.
+    """
     key, _, value = item.partition("=")
-    if "storage_options" not in key.split("."):
+    if "storage_options" in key.split("."):
+        last = key.split(".")[-1]
+        return f"{key}={value}" if last in _SAFE_OPTIONS else f"{key}={_REDACTED}"
+    if "storage_options" not in value:
         return item
-    last = key.split(".")[-1]
-    return f"{key}={value}" if last in _SAFE_OPTIONS else f"{key}={_REDACTED}"
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return f"{key}={_REDACTED}"  # unreadable, and it names storage_options: hide it all
+    return f"{key}={json.dumps(_redact_nested(parsed), sort_keys=True)}"
+
+
+def _redact_nested(node: Any) -> Any:
+    """Every ``storage_options`` mapping inside ``node`` redacted."""
+    if isinstance(node, list):
+        return [_redact_nested(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    return {
+        k: redact(v) if k == "storage_options" and isinstance(v, dict) else _redact_nested(v)
+        for k, v in node.items()
+    }
 
 
 def manifest_record(loaded: LoadedManifest) -> dict[str, Any]:
     """The resolved manifest as recorded (credentials redacted) with how it was given."""
-    dumped = loaded.manifest.model_dump(mode="json")
-    for section in ("source", "output"):
-        dumped[section]["storage_options"] = redact(dumped[section]["storage_options"])
+    dumped = _redact_nested(loaded.manifest.model_dump(mode="json"))
     overrides = [redact_override(item) for item in loaded.overrides]
     return {"path": loaded.path, "overrides": overrides, "resolved": dumped}
 

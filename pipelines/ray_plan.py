@@ -37,16 +37,13 @@ def pin_threads() -> None:
 class InpaintActor:
     """A Ray Data callable class: loads the inpainter once, processes batches of items."""
 
-    def __init__(self, plan: RunPlan) -> None:
+    def __init__(self, plan: RunPlan, device: str) -> None:
         pin_threads()
-        device = "cuda" if plan.manifest.compute.gpus_per_actor > 0 else "cpu"
         self.processor = ItemProcessor(plan, device=device)
+        pin_threads()  # again: loading a model imports torch, which starts a thread per core
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows: list[dict[str, Any]] = []
-        for item in batch.to_pylist():
-            rows.extend(self.processor(item))
-        return rows_to_table(rows)
+        return rows_to_table(self.processor.process(batch.to_pylist()))
 
 
 class _QuietRay(logging.Filter):
@@ -97,7 +94,24 @@ def ray_session(address: str | None) -> Iterator[dict[str, Any]]:
         ray.shutdown()
 
 
-def execute(plan: RunPlan, items: list[dict[str, Any]]) -> Iterator[pa.Table]:
+def gpus_to_use(requested: float) -> float:
+    """GPUs per actor: as asked when the cluster has them, else 0 (the manifest runs on CPU)."""
+    import ray
+
+    if requested <= 0:
+        return 0
+    available = ray.cluster_resources().get("GPU", 0)
+    if available < requested:
+        logging.getLogger("synthfill").warning(
+            "compute.gpus_per_actor is %s but the cluster has %s GPUs: running on CPU",
+            requested,
+            available,
+        )
+        return 0
+    return requested
+
+
+def execute(plan: RunPlan, items: list[dict[str, Any]], gpus: float) -> Iterator[pa.Table]:
     """Run every item through the actor pool; yield one work table per finished batch."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
@@ -113,11 +127,11 @@ def execute(plan: RunPlan, items: list[dict[str, Any]]) -> Iterator[pa.Table]:
     quiet_ray_logs()
     dataset = dataset.map_batches(
         InpaintActor,
-        fn_constructor_kwargs={"plan": plan},
+        fn_constructor_kwargs={"plan": plan, "device": "cuda" if gpus else "cpu"},
         batch_size=compute.batch_size,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=min(compute.actors, blocks)),
         num_cpus=compute.cpus_per_actor,
-        num_gpus=compute.gpus_per_actor or None,
+        num_gpus=gpus or None,
     )
     yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")

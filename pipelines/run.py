@@ -9,12 +9,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from inpaint_ops.weights import WeightsError
 from pipelines.errors import RunError
+from pipelines.manifest import Manifest
 from pipelines.manifest_loader import LoadedManifest
 from pipelines.process import RunPlan
 from pipelines.provenance import code_version, environment, manifest_record
 from pipelines.sink import DatasetSink
 from pipelines.sources import Annotations, SourceItem, list_sources, load_annotations
+from pipelines.weights import fetch_weights
 
 Progress = Callable[[int, int], None]  # (items done so far, items in total)
 
@@ -95,13 +98,19 @@ def run_manifest(
     if not planned.items:
         raise RunError(f"no images under source.uri {m.source.uri!r} match glob {m.source.glob!r}")
     summary.items_in = len(planned.items)
-    plan = RunPlan(m, loaded.fingerprint, run_id, code_version())
+    weights = check_weights(m)
+    plan = RunPlan(m, loaded.fingerprint, run_id, code_version(), weights)
     timings = {"plan": time.perf_counter() - t0}
     record = _record(loaded, summary, started)
+    record["weights"] = {
+        spec.label: {"uri": spec.weights_uri(), "sha256": weights[spec.label]}
+        for spec in m.inpainters
+        if spec.label in weights
+    }
     sink.open()
     try:
         _execute(plan, work_items(planned), sink, address, progress, record, timings)
-        _count(summary, sink, m.variants)
+        _count(summary, sink, m.variants * len(m.inpainters))
     except Exception as exc:  # record why, keep the staged rows for inspection, commit nothing
         summary.status, summary.message = "failed", f"{type(exc).__name__}: {exc}"
         _finish(summary, timings, t0, record)
@@ -124,6 +133,30 @@ def run_manifest(
     return summary
 
 
+def check_weights(manifest: Manifest) -> dict[str, str]:
+    """sha256 of every inpainter's weights, fetched and checked against its pin before compute.
+
+    TorchScript weights (``requires_pin``) are refused without a pin: loading them runs code.
+    """
+    found = {}
+    for spec in manifest.inpainters:
+        uri = spec.weights_uri()
+        if uri is None:
+            continue
+        try:
+            local = fetch_weights(
+                uri,
+                getattr(spec, "storage_options", {}),
+                expected_sha256=getattr(spec, "weights_sha256", None),
+                require_pin=getattr(spec, "requires_pin", False),
+            )
+            spec.check_files(local.path)
+        except WeightsError as exc:
+            raise RunError(f"inpainter {spec.label!r}: {exc}") from None
+        found[spec.label] = local.sha256
+    return found
+
+
 def _refuse_process_local(*uris: str) -> None:
     for uri in uris:
         if uri.startswith("memory://"):
@@ -142,13 +175,14 @@ def _execute(
     record: dict[str, Any],
     timings: dict[str, float],
 ) -> None:
-    from pipelines.ray_plan import execute, ray_session
+    from pipelines.ray_plan import execute, gpus_to_use, ray_session
 
     start = time.perf_counter()
     with ray_session(address) as ray_info:
-        record["ray"] = {"address": str(ray_info.get("address"))}
+        gpus = gpus_to_use(plan.manifest.compute.gpus_per_actor)
+        record["ray"] = {"address": str(ray_info.get("address")), "gpus_per_actor": gpus}
         timings["ray_init"] = time.perf_counter() - start
-        _stream(execute(plan, items), sink, len(items), progress)
+        _stream(execute(plan, items, gpus), sink, len(items), progress)
         sink.flush()
     timings["execute"] = time.perf_counter() - start - timings["ray_init"]
     timings["index_write"] = sink.index_write_s  # part of execute, reported for target G10

@@ -39,7 +39,11 @@ INDEX_SCHEMA = pa.schema(
         pa.field("inpainter", pa.string()),
         pa.field("inpainter_params", pa.string()),  # JSON
         pa.field("weights_sha256", pa.string()),
+        pa.field(
+            "inpaint_device", pa.string()
+        ),  # cpu or cuda: GPU fills may differ in the last bit
         pa.field("fill_leak_max", pa.float64()),  # largest change the fill made outside the mask
+        pa.field("fill_blank", pa.bool_()),  # every hole pixel the same value (black output)
         pa.field("augment_params", pa.string()),  # JSON: applied transforms and their drawn values
         pa.field("output_uri", pa.string()),
         pa.field("output_sha256", pa.string()),
