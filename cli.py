@@ -20,6 +20,7 @@ from pipelines.errors import ManifestError, RunError
 if TYPE_CHECKING:
     from pipelines.manifest_loader import LoadedManifest
     from pipelines.run import RunSummary
+    from pipelines.train import TrainSummary
 
 app = typer.Typer(
     help=(
@@ -83,7 +84,7 @@ def plan(
     limit: LimitOpt = None,
 ) -> None:
     """Show what a run would do: sources found, rows to write, output location. No compute."""
-    from pipelines.run import plan_run
+    from pipelines.run import check_weights, plan_run
     from pipelines.sink import DatasetSink
 
     loaded = _load(manifest, set_)
@@ -108,9 +109,15 @@ def plan(
         f"{planned.annotated} (unmatched annotation ids: {planned.unmatched_annotations})",
     )
     table.add_row("masks", " + ".join(s.kind for s in m.masks))
-    table.add_row("inpainter", m.inpainter.kind)
+    for spec in m.inpainters:
+        table.add_row("inpainter", f"{spec.label} ({spec.kind})")
+    try:
+        for label, sha in check_weights(m).items():
+            table.add_row("", f"{label} weights_sha256 {sha}")
+    except RunError as exc:
+        table.add_row("weights", f"[yellow]{exc}[/]")
     table.add_row("variants", str(m.variants))
-    table.add_row("rows to write", str(planned.rows_expected))
+    table.add_row("rows to write", str(planned.rows_expected * len(m.inpainters)))
     table.add_row("output", f"{m.output.uri} ({m.output.format})")
     table.add_row("output state", target)
     table.add_row(
@@ -160,6 +167,79 @@ def run(
 
 
 @app.command()
+def train(
+    manifest: ManifestArg,
+    set_: SetOpt = None,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Train until this many steps in all (train.steps).")
+    ] = None,
+    minutes: Annotated[
+        float | None,
+        typer.Option(min=0.01, help="Stop after this many minutes in all (train.minutes)."),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(help="Checkpoint path or URL ending in .safetensors (train.output)."),
+    ] = None,
+    fresh: Annotated[
+        bool,
+        typer.Option("--fresh", help="Ignore a saved resume state and start from scratch."),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the model card as JSON on stdout.")
+    ] = False,
+) -> None:
+    """Train a maskaware model on the manifest's own images and masks (self-supervised).
+
+    Reads the manifest's source, holes crops with its mask generators plus large free-form
+    holes, and learns to give the pixels back. Writes the weights (.safetensors), a model card
+    (.card.json) and a resume state every few minutes and when stopped (Ctrl-C): run the same
+    command again to go on. Point a manifest's inpainter at the weights:
+    {kind: maskaware, weights: <output>, weights_sha256: <printed hash>}.
+    """
+    from pipelines.train import train_model
+    from pipelines.train_spec import TrainSpec
+
+    loaded = _load(manifest, set_)
+    spec = loaded.manifest.train or TrainSpec()
+    updates = {"steps": steps, "minutes": minutes, "output": output}
+    spec = spec.model_copy(update={k: v for k, v in updates.items() if v is not None})
+    try:
+        with ProgressBar(loaded.manifest.name, unit="steps", with_loss=True) as progress:
+            summary = train_model(
+                loaded, spec, fresh=fresh, progress=lambda d, t, loss: progress(d, t, loss)
+            )
+    except RunError as exc:
+        err.print(f"[bold red]training failed:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(summary.card, indent=2))
+    else:
+        _print_training(summary)
+    if summary.stopped == "interrupted":
+        raise typer.Exit(130)
+
+
+def _print_training(summary: TrainSummary) -> None:
+    card = summary.card
+    table = Table(title=f"training: {summary.stopped}", show_header=False)
+    if summary.resumed_from:
+        table.add_row("resumed from step", str(summary.resumed_from))
+    table.add_row("steps", f"{card['steps']} (+{summary.steps_done} now)")
+    table.add_row("minutes", f"{card['elapsed_s'] / 60:.1f}")
+    table.add_row("images", f"{summary.images} (held out: {summary.held_out})")
+    if card["loss"]:
+        table.add_row("loss (smoothed)", f"{card['loss']['smoothed']:.4f}")
+    if card["held_out_hole_l1"] is not None:
+        table.add_row("held-out hole L1", f"{card['held_out_hole_l1']:.4f}")
+    table.add_row("weights", summary.output)
+    table.add_row("weights_sha256", card["weights_sha256"])
+    out.print(table)
+    if summary.stopped == "interrupted":
+        err.print("stopped: the checkpoint is saved; run the same command to resume")
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of manifests (point your editor's YAML plugin at it)."""
     from pipelines.manifest_loader import manifest_json_schema
@@ -198,7 +278,7 @@ def samples(
 class ProgressBar:
     """A progress bar on stderr, silent when stderr is not a terminal."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, unit: str = "items", with_loss: bool = False) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -212,20 +292,22 @@ class ProgressBar:
             TextColumn(f"[bold]{name}[/]"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("items"),
+            TextColumn(unit),
+            *([TextColumn("loss {task.fields[loss]}")] if with_loss else []),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=err,
             transient=True,
         )
-        self._task = self._bar.add_task(name, total=None)
+        self._task = self._bar.add_task(name, total=None, loss="-")
 
-    def __enter__(self) -> Callable[[int, int], None]:
+    def __enter__(self) -> Callable[..., None]:
         self._bar.start()
         return self._update
 
-    def _update(self, done: int, total: int) -> None:
-        self._bar.update(self._task, completed=done, total=total)
+    def _update(self, done: int, total: int, loss: float | None = None) -> None:
+        fields = {"loss": f"{loss:.4f}"} if loss is not None else {}
+        self._bar.update(self._task, completed=done, total=total, **fields)
 
     def __exit__(self, *exc_info: object) -> None:
         self._bar.stop()
