@@ -7,6 +7,7 @@ shelf photos with the retail manifest's masks and fill; plus the ratios of PERFO
 G10 Parquet index share). G4/G4b and G5 come from benchmarks/classical.py and codec.py.
 
     python benchmarks/throughput.py [--items 32] [--repeats 3]
+    python benchmarks/throughput.py --neural [--items 16]   # the maskaware path (G6, GPU)
 """
 
 from __future__ import annotations
@@ -194,7 +195,18 @@ def main() -> None:
         "--items", type=int, default=32, help="source images (each gives 2 variants)"
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--neural",
+        action="store_true",
+        help="measure the neural path instead (maskaware: G6, CPU by batch size, GPU)",
+    )
     args = parser.parse_args()
+    if args.neural:
+        sys.argv = [sys.argv[0], "--items", str(args.items), "--repeats", str(args.repeats)]
+        import neural_throughput
+
+        neural_throughput.main()
+        return
     import ray
 
     work = Path(tempfile.mkdtemp(prefix="synthfill-bench-"))
