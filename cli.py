@@ -179,7 +179,10 @@ def train(
     ] = None,
     output: Annotated[
         str | None,
-        typer.Option(help="Checkpoint path or URL ending in .safetensors (train.output)."),
+        typer.Option(
+            help="Checkpoint path (relative to the current folder) or URL ending in "
+            ".safetensors; default train.output, relative to the manifest."
+        ),
     ] = None,
     fresh: Annotated[
         bool,
@@ -202,6 +205,8 @@ def train(
 
     loaded = _load(manifest, set_)
     spec = loaded.manifest.train or TrainSpec()
+    if output is not None and "://" not in output:
+        output = str(Path(output).resolve())  # on the command line: relative to where you are
     updates = {"steps": steps, "minutes": minutes, "output": output}
     spec = spec.model_copy(update={k: v for k, v in updates.items() if v is not None})
     try:

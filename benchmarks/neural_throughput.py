@@ -94,9 +94,10 @@ def g6(items: int, repeats: int) -> dict:
     weights = CHECKPOINT if CHECKPOINT.exists() else None
     if weights is None:
         raise SystemExit(f"{CHECKPOINT} is missing: train it with `pipeline train` first")
-    net, resolution = load_checkpoint(weights)
+    net, _ = load_checkpoint(weights)
     net.eval()
     fill = MaskAware(weights=str(weights), variation=0.5).load("cpu")
+    resolution = fill.resolution  # the window size our stage uses (default: 2x the training crop)
     jobs = shelf_jobs(items)
     windows = windows_of(jobs, resolution)
     ours, bare = [], []
