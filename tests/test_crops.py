@@ -143,3 +143,16 @@ def test_windowed_fill_seeds_depend_on_the_rng_not_the_batching() -> None:
         WindowedFill(forward, 32, 0.5, batch_size)(image, mask, np.random.default_rng(9))
     one_by_one, together = seen[:-1], seen[-1]
     assert [s for batch in one_by_one for s in batch] == together
+
+
+def test_fully_convolutional_models_fill_small_windows_near_their_own_size() -> None:
+    forward, calls = _constant_model(0.5)
+    fill = WindowedFill(forward, resolution=256, context=0.5, batch_size=4, native_multiple=64)
+    assert [fill.model_size(s) for s in (20, 144, 271, 341, 4000)] == [64, 128, 256, 256, 256]
+    fixed = WindowedFill(forward, resolution=256, context=0.5, batch_size=4)
+    assert fixed.model_size(144) == 256  # one input size (diffusion): always the resolution
+    image = np.zeros((144, 144, 3), np.uint8)
+    mask = np.zeros((144, 144), bool)
+    mask[40:90, 40:90] = True
+    fill(image, mask, np.random.default_rng(0))
+    assert calls == [(1, 128, 128, 3)]

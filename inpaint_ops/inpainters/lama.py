@@ -72,5 +72,10 @@ class Lama(NeuralInpainter):
             return filled.permute(0, 2, 3, 1).cpu().numpy()
 
         return WindowedFill(
-            forward, self.resolution, self.context, windows_per_call(dev, self.batch_size), dev.type
+            forward,
+            self.resolution,
+            self.context,
+            windows_per_call(dev, self.batch_size),
+            dev.type,
+            8,
         )

@@ -44,10 +44,12 @@ class MaskAware(NeuralInpainter):
         ge=64,
         le=4096,
         multiple_of=64,
-        description="Side of the square window the model fills (a multiple of 64). Default: "
-        "twice the checkpoint's training crop, the scale its training crops saw on average "
-        "(they are cut from images resized to 1-3 crop sides).",
+        description="Largest side at which the model fills a window (a multiple of 64): larger "
+        "windows are shrunk to it, smaller ones are filled at about their own size, never blown "
+        "up. Default: twice the checkpoint's training crop, the scale its training crops saw on "
+        "average (they are cut from images resized to 1-3 crop sides).",
     )
+
     variation: float = Field(
         0.5,
         ge=0,
@@ -84,7 +86,12 @@ class MaskAware(NeuralInpainter):
             return filled.float().permute(0, 2, 3, 1).cpu().numpy()
 
         return WindowedFill(
-            forward, resolution, self.context, windows_per_call(dev, self.batch_size), dev.type
+            forward,
+            resolution,
+            self.context,
+            windows_per_call(dev, self.batch_size),
+            dev.type,
+            net.multiple,
         )
 
 

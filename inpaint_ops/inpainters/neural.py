@@ -132,12 +132,26 @@ class WindowedFill:
         context: float,
         batch_size: int,
         device: str = "cpu",
+        native_multiple: int | None = None,
     ) -> None:
         self.forward = forward
         self.device = device  # where the model runs, recorded on every row
         self.resolution = resolution
         self.context = context
         self.batch_size = batch_size
+        self.native_multiple = native_multiple
+
+    def model_size(self, side: int) -> int:
+        """The side a window of ``side`` px is filled at.
+
+        ``resolution`` for models with one input size (diffusion). Fully convolutional models
+        (``native_multiple`` set) fill a window at its own size rounded to that multiple, capped
+        at ``resolution``: a small image is not blown up to a scale the model never saw.
+        """
+        if self.native_multiple is None:
+            return self.resolution
+        step = self.native_multiple
+        return min(self.resolution, max(step, round(side / step) * step))
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return self.many([(image, mask, rng)])[0]
@@ -151,12 +165,18 @@ class WindowedFill:
                 # One seed per window, drawn in window order: reproducible whatever the batching.
                 windows.append(_Window(j, crop, int(rng.integers(0, 2**63 - 1))))
         outs = [image.copy() for image, _, _ in jobs]
+        # Batches hold windows of one model size (most are `resolution` on large images).
+        windows.sort(key=lambda w: self.model_size(w.crop.side))
         for start in range(0, len(windows), self.batch_size):
-            self._run(windows[start : start + self.batch_size], jobs, outs)
+            chunk = windows[start : start + self.batch_size]
+            for size in sorted({self.model_size(w.crop.side) for w in chunk}):
+                same = [w for w in chunk if self.model_size(w.crop.side) == size]
+                self._run(same, jobs, outs, size)
         return outs
 
-    def _run(self, batch: list[_Window], jobs: Sequence[FillJob], outs: list[np.ndarray]) -> None:
-        size = self.resolution
+    def _run(
+        self, batch: list[_Window], jobs: Sequence[FillJob], outs: list[np.ndarray], size: int
+    ) -> None:
         pixels = np.stack(
             [
                 # Resized before the float conversion: a big window costs its own dtype, not 4x.
