@@ -58,7 +58,7 @@ MANIFESTS = {
 }
 PHOTO_TRAIN = (
     "astronaut", "brick", "grass", "gravel", "hubble_deep_field", "immunohistochemistry",
-    "retina", "moon", "page", "text", "coins", "horse", "colorwheel", "logo", "motorcycle_left",
+    "retina", "moon", "page", "text", "coins", "horse", "colorwheel", "logo", "cell", "clock",
 )  # fmt: skip
 
 
