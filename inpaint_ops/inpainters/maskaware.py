@@ -141,18 +141,9 @@ def checkpoint_metadata(path: Path) -> dict[str, str]:
 def load_checkpoint(path: Path) -> tuple[Any, int]:
     """(network with weights loaded, training resolution) from a maskaware safetensors file."""
     from inpaint_ops.inpainters.maskaware_net import MaskAwareConfig, MaskAwareNet
-    from inpaint_ops.weights import WeightsError, load_state_dict, read_safetensors_metadata
+    from inpaint_ops.weights import WeightsError, load_state_dict
 
-    if path.suffix != ".safetensors":
-        raise WeightsError(
-            f"{path}: a maskaware checkpoint is a .safetensors file (pipeline train)"
-        )
-    meta = read_safetensors_metadata(path)
-    if meta.get(FORMAT_KEY) != FORMAT:
-        raise WeightsError(
-            f"{path} is not a maskaware checkpoint (format {meta.get(FORMAT_KEY)!r}, "
-            f"expected {FORMAT!r}); make one with `pipeline train`"
-        )
+    meta = checkpoint_metadata(path)
     try:
         net = MaskAwareNet(MaskAwareConfig(**json.loads(meta[CONFIG_KEY])))
         net.load_state_dict(load_state_dict(path))
