@@ -263,7 +263,7 @@ def describe_card(
             "fingerprint": data.fingerprint,
         },
         "masks": [s.model_dump(mode="json") for s in m.masks],
-        "train": spec.model_dump(mode="json"),
+        "train": spec.model_dump(mode="json", exclude={"output"}),  # how, not where
         "steps": step,
         "elapsed_s": round(elapsed_s, 1),
         "loss": history[-1] if history else None,
