@@ -108,6 +108,18 @@ def _hash_local(path: Path, uri: str) -> str:
         raise WeightsFetchError(f"cannot read weights {uri!r} at {path}: {exc}") from exc
 
 
+@contextmanager
+def _node_lock(target: Path) -> Iterator[None]:
+    """An exclusive lock (flock) on ``.<name>.lock`` beside ``target``, held while inside."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _cached_or_downloaded(
     fs: fsspec.AbstractFileSystem,
     path: str,
@@ -122,50 +134,27 @@ def _cached_or_downloaded(
     download the model and replace the copy another one is loading.
     """
     with _node_lock(target):
-        return _fetch_locked(fs, path, uri, target, expected, verify)
-
-
-@contextmanager
-def _node_lock(target: Path) -> Iterator[None]:
-    """An exclusive lock (flock) on ``.<name>.lock`` beside ``target``, held while inside."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        if expected is not None and target.exists():
+            cached = sha256_path(target)
+            if cached == expected.strip().lower():
+                return cached
         try:
-            yield
+            info = fs.info(path)
+        except FileNotFoundError:
+            raise WeightsFetchError(
+                f"weights {uri!r} not found; check the URI and that the storage_options give "
+                "access to it"
+            ) from None
+        is_dir = info.get("type") == "directory"
+        tmp = _temp_beside(target, is_dir)
+        try:
+            _download(fs, path, uri, is_dir, tmp)
+            sha = sha256_path(tmp)
+            verify(sha)  # before publishing: a mismatching download never reaches the cache
+            _publish(tmp, target, sha)
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _fetch_locked(
-    fs: fsspec.AbstractFileSystem,
-    path: str,
-    uri: str,
-    target: Path,
-    expected: str | None,
-    verify: Callable[[str], None],
-) -> str:
-    if expected is not None and target.exists():
-        cached = sha256_path(target)
-        if cached == expected.strip().lower():
-            return cached
-    try:
-        info = fs.info(path)
-    except FileNotFoundError:
-        raise WeightsFetchError(
-            f"weights {uri!r} not found; check the URI and that the storage_options give "
-            "access to it"
-        ) from None
-    is_dir = info.get("type") == "directory"
-    tmp = _temp_beside(target, is_dir)
-    try:
-        _download(fs, path, uri, is_dir, tmp)
-        sha = sha256_path(tmp)
-        verify(sha)  # before publishing: a mismatching download never reaches the cache
-        _publish(tmp, target, sha)
-    finally:
-        _remove(tmp)  # a no-op once published
-    return sha
+            _remove(tmp)  # a no-op once published
+        return sha
 
 
 def _temp_beside(target: Path, is_dir: bool) -> Path:
