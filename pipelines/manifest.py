@@ -26,6 +26,7 @@ from pydantic import (
 
 from inpaint_ops.inpainters import InpainterKind, InpainterSpec
 from inpaint_ops.masks import MaskKind
+from pipelines.credentials import literal_secrets
 from pipelines.train_spec import TrainSpec
 
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -70,7 +71,7 @@ class SourceSpec(_Spec):
     )
     storage_options: dict[str, Any] = Field(
         default_factory=dict,
-        description="Passed to fsspec (e.g. {endpoint_url: ...}); put credentials in the environment, not here.",
+        description="Passed to fsspec (e.g. {endpoint_url: ...}). Credentials come from the environment (AWS_* variables, AWS_PROFILE, instance roles) or by reference: {secret: ${MY_S3_SECRET}} is read from the environment where it is used; a secret written literally is refused.",
     )
     max_pixels: int = Field(
         100_000_000,
@@ -126,7 +127,8 @@ class OutputSpec(_Spec):
         description="PNG compression level (1 is ~4x faster than 6 for ~10% more bytes).",
     )
     storage_options: dict[str, Any] = Field(
-        default_factory=dict, description="Passed to fsspec for the output."
+        default_factory=dict,
+        description="Passed to fsspec for the output; credentials as for source.storage_options.",
     )
     overwrite: StrictBool = Field(
         False,
@@ -205,6 +207,21 @@ class Manifest(_Spec):
             raise ValueError(
                 f"inpainters listed side by side need distinct labels; {repeated} repeat: "
                 "give each a `name`"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _secrets_by_reference(self) -> Manifest:
+        found = literal_secrets(self.source.storage_options, "source.storage_options")
+        found += literal_secrets(self.output.storage_options, "output.storage_options")
+        for spec in self.inpainters:
+            options = getattr(spec, "storage_options", {})
+            found += literal_secrets(options, f"inpainter {spec.label}: storage_options")
+        if found:
+            raise ValueError(
+                f"{', '.join(found)} holds a secret written into the manifest, which Ray would "
+                "copy to every worker; leave credentials to the environment (AWS_* variables, "
+                "AWS_PROFILE, instance roles) or refer to a variable: secret: ${MY_S3_SECRET}"
             )
         return self
 

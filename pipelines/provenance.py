@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from pipelines.credentials import is_reference
 from pipelines.manifest_loader import LoadedManifest
 
 PACKAGES = (
@@ -94,10 +95,16 @@ def package_versions() -> dict[str, str | None]:
 
 
 def redact(options: dict[str, Any]) -> dict[str, Any]:
-    """storage_options with every value outside a short allowlist replaced by a placeholder."""
+    """storage_options with every value outside a short allowlist replaced by a placeholder.
+
+    A value that is only a ``${NAME}`` reference is kept: it says which variable held the
+    credential without holding it.
+    """
     out: dict[str, Any] = {}
     for key, value in options.items():
-        if key not in _SAFE_OPTIONS:
+        if is_reference(value):
+            out[key] = value
+        elif key not in _SAFE_OPTIONS:
             out[key] = _REDACTED
         elif isinstance(value, dict):
             out[key] = redact(value)
@@ -115,7 +122,8 @@ def redact_override(item: str) -> str:
     key, _, value = item.partition("=")
     if "storage_options" in key.split("."):
         last = key.split(".")[-1]
-        return f"{key}={value}" if last in _SAFE_OPTIONS else f"{key}={_REDACTED}"
+        shown = last in _SAFE_OPTIONS or is_reference(value)
+        return f"{key}={value}" if shown else f"{key}={_REDACTED}"
     if "storage_options" not in value:
         return item
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import io
 import json
+import os
 import posixpath
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 
+from pipelines import credentials
 from pipelines.errors import RunError
 from pipelines.manifest import SourceSpec
 
@@ -37,9 +39,14 @@ class Annotations:
 
 
 def filesystem(uri: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem for ``uri`` and the path inside it (RunError when unavailable)."""
+    """The fsspec filesystem for ``uri`` and the path inside it (RunError when unavailable).
+
+    ``${NAME}`` references in ``storage_options`` are resolved from this process's environment
+    here, at the last moment, so the resolved secrets live only inside the filesystem object.
+    """
+    options = credentials.resolve(storage_options, os.environ)
     try:
-        return fsspec.core.url_to_fs(uri, **storage_options)
+        return fsspec.core.url_to_fs(uri, **options)
     except ImportError as exc:  # e.g. gcsfs or adlfs not installed
         raise RunError(f"cannot open {uri!r}: {exc}") from None
     except (TypeError, ValueError) as exc:

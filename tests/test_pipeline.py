@@ -212,7 +212,8 @@ def test_overwrite_keeps_the_old_dataset_until_the_new_one_commits(
 def test_secrets_never_reach_the_run_record_or_index(ray_local, tmp_path, tiny_manifest):
     canary = "CANARY-7f3a-SECRET"
     path = tiny_manifest(count=2)
-    run(path, f"output.storage_options.token={canary}")
+    # not a secret option (those are refused unless given as ${NAME}), but still not recorded
+    run(path, f"output.storage_options.profile={canary}")
     hits = [
         p
         for p in (tmp_path / "out").rglob("*")
@@ -220,7 +221,7 @@ def test_secrets_never_reach_the_run_record_or_index(ray_local, tmp_path, tiny_m
     ]
     assert hits == []
     record = json.loads((tmp_path / "out" / "run.json").read_text())
-    assert record["manifest"]["overrides"] == ["output.storage_options.token=<redacted>"]
+    assert record["manifest"]["overrides"] == ["output.storage_options.profile=<redacted>"]
 
 
 def test_user_masks_from_files_are_read_matched_and_recorded(ray_local, tmp_path, tiny_manifest):
