@@ -101,9 +101,17 @@ def plan(
         target = f"[yellow]{exc}[/]"
     table = Table(title=f"plan: {m.name}", show_header=False)
     table.add_row("source", m.source.uri)
-    table.add_row("sources found", str(len(planned.items)))
-    for item in planned.items[:3]:
-        table.add_row("", item.image_id)
+    counts = planned.listing
+    if counts.inventory:
+        table.add_row("inventory", counts.inventory)
+        table.add_row(
+            "inventory keys",
+            f"{counts.found} read: {counts.outside_root} outside source.uri (skipped), "
+            f"{counts.not_matching} not matching glob/extensions, {counts.duplicates} repeated",
+        )
+    table.add_row("sources found", str(planned.sources.num_rows))
+    for image_id in planned.sources["image_id"][:3].to_pylist():
+        table.add_row("", image_id)
     table.add_row(
         "with annotations",
         f"{planned.annotated} (unmatched annotation ids: {planned.unmatched_annotations})",

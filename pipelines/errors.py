@@ -15,6 +15,7 @@ class Reason(StrEnum):
     TOO_MANY_PIXELS = "too_many_pixels"
     BAD_IMAGE_ID = "bad_image_id"
     READ_ERROR = "read_error"
+    SOURCE_CHANGED = "source_changed"  # the object is not the one listed (replaced since)
     MISSING = "missing"
     MASK_ERROR = "mask_error"
     EMPTY_MASK = "empty_mask"

@@ -69,6 +69,10 @@ class SourceSpec(_Spec):
         None,
         description="Boxes joined by image_id: COCO JSON (.json), SKU-110K CSV (.csv) or Parquet (.parquet) with the SKU-110K columns.",
     )
+    inventory: KnownUri | None = Field(
+        None,
+        description="Read the objects from an inventory instead of listing `uri` (for buckets of millions of objects): an S3 Inventory manifest.json (CSV or Parquet), or a .csv/.csv.gz/.parquet table with a header naming a key (or name) column and optionally size, etag and bucket (e.g. a GCS inventory report). Keys are object keys in the bucket of `uri` (absolute paths on a local disk); keys outside `uri` are skipped and counted, `glob` and `extensions` apply as for a listing. Read with `storage_options`.",
+    )
     storage_options: dict[str, Any] = Field(
         default_factory=dict,
         description="Passed to fsspec (e.g. {endpoint_url: ...}). Credentials come from the environment (AWS_* variables, AWS_PROFILE, instance roles) or by reference: {secret: ${MY_S3_SECRET}} is read from the environment where it is used; a secret written literally is refused.",
@@ -250,7 +254,7 @@ _NOT_RECIPE: dict[str, Any] = {
     "compute": True,
     "train": True,  # changes the weights, whose sha256 is on every row; not this dataset's recipe
     "masks": {"__all__": {"uri"}},  # where from_files masks live
-    "source": {"uri", "annotations", "storage_options"},
+    "source": {"uri", "annotations", "inventory", "storage_options"},
     "output": {"uri", "storage_options", "overwrite"},
     # Where weights live and how to reach them; the weights themselves are pinned per row by
     # weights_sha256 (and by the manifest's own pin, which stays in the recipe).

@@ -101,6 +101,8 @@ def resolve_paths(manifest: Manifest, base: Path) -> Manifest:
     updates: dict[str, Any] = {"uri": resolve_uri(source.uri, base)}
     if source.annotations:
         updates["annotations"] = resolve_uri(source.annotations, base)
+    if source.inventory:
+        updates["inventory"] = resolve_uri(source.inventory, base)
     masks = [
         m.model_copy(update={"uri": resolve_uri(m.uri, base)}) if hasattr(m, "uri") else m
         for m in manifest.masks

@@ -161,7 +161,13 @@ class ItemProcessor:
             layout.check_image_id(item["image_id"])
         with guard("read", Reason.READ_ERROR):
             try:
-                data = read_bytes(item["uri"], m.source.storage_options)
+                # Checked against the listing: a body cut short in transit is never decoded.
+                data = read_bytes(
+                    item["uri"],
+                    m.source.storage_options,
+                    size=item.get("size"),
+                    etag=item.get("etag"),
+                )
             except FileNotFoundError as exc:
                 raise ItemError(Reason.MISSING, f"{item['uri']} no longer exists", "read") from exc
         item["source_sha256"] = hashlib.sha256(data).hexdigest()

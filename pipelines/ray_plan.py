@@ -8,6 +8,7 @@ a time and are written out immediately; the driver never holds the whole index.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -18,11 +19,19 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipelines.errors import RunError
 from pipelines.process import ItemProcessor, RunPlan
 from pipelines.schema import rows_to_table
 
 # Library thread pools are pinned to one thread per worker; parallelism comes from processes.
 THREAD_PINS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+# Work tables carry the Ray node that made them; the driver counts it for the run record and
+# drops it before the sink, so a cluster run's index equals a local run's.
+NODE_COLUMN = "node_id"
+BLOCKS_PER_ACTOR = 16
+MAX_BLOCK_ITEMS = 1024
+# Set by Ray's job supervisor in a submitted job's driver: the job's JobConfig as JSON.
+JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def pin_threads() -> None:
@@ -38,12 +47,16 @@ class InpaintActor:
     """A Ray Data callable class: loads the inpainter once, processes batches of items."""
 
     def __init__(self, plan: RunPlan, device: str) -> None:
+        import ray
+
         pin_threads()
         self.processor = ItemProcessor(plan, device=device)
         pin_threads()  # again: loading a model imports torch, which starts a thread per core
+        self.node_id = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return rows_to_table(self.processor.process(batch.to_pylist()))
+        table = rows_to_table(self.processor.process(batch.to_pylist()))
+        return table.append_column(NODE_COLUMN, pa.repeat(self.node_id, table.num_rows))
 
 
 class _QuietRay(logging.Filter):
@@ -73,25 +86,75 @@ def ray_session(address: str | None) -> Iterator[dict[str, Any]]:
         yield {"address": "existing", "owned": False}
         return
     quiet_ray_logs()
-    runtime_env: dict[str, Any] = {"env_vars": dict(THREAD_PINS)}
-    if address or os.environ.get("RAY_ADDRESS"):
-        # A cluster's workers get this code shipped with the job, so nodes need only the
-        # third-party packages installed.
-        import inpaint_ops
-        import pipelines
-
-        runtime_env["py_modules"] = [pipelines, inpaint_ops]
-    context = ray.init(
-        address=address,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-        runtime_env=runtime_env,
-    )
+    target = address or os.environ.get("RAY_ADDRESS") or ""
+    if target.startswith("ray://"):
+        # Ray Data's streaming executor needs a real driver (Ray 2.60 fails deep inside it
+        # with "'Worker' object has no attribute 'core_worker'"): say what works instead
+        raise RunError(
+            f"{target}: Ray Data cannot run through Ray Client (ray://); run the driver on "
+            "the cluster: ray job submit --address http://HEAD:8265 -- pipeline run MANIFEST"
+        )
+    try:
+        context = ray.init(
+            address=address,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+            runtime_env=runtime_env_for(address),
+        )
+    except ConnectionError as exc:
+        raise ConnectionError(f"{exc}{_auth_hint()}") from None
     try:
         yield {"address": context.address_info.get("address", address), "owned": True}
     finally:
         ray.shutdown()
+
+
+def runtime_env_for(address: str | None) -> dict[str, Any]:
+    """The driver's runtime_env: thread pins, plus our code when workers may be elsewhere.
+
+    Inside ``ray job submit`` the job's own runtime_env wins: Ray refuses to merge a driver's
+    runtime_env that sets a field or env var the job already set, so those are left out.
+    """
+    job = json.loads(os.environ.get(JOB_CONFIG_VAR) or "{}").get("runtime_env") or {}
+    pins = {k: v for k, v in THREAD_PINS.items() if k not in job.get("env_vars", {})}
+    runtime_env: dict[str, Any] = {"env_vars": pins} if pins else {}
+    if (address or os.environ.get("RAY_ADDRESS")) and "py_modules" not in job:
+        import inpaint_ops
+        import pipelines
+
+        # A cluster's workers get this code shipped with the job, so nodes need only the
+        # third-party packages. Folders, not module objects: Ray deep-copies a submitted
+        # job's runtime_env, and a module cannot be copied.
+        runtime_env["py_modules"] = [
+            os.path.dirname(str(m.__file__)) for m in (pipelines, inpaint_ops)
+        ]
+    return runtime_env
+
+
+def _auth_hint() -> str:
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        return ""
+    # Ray 2.60 clusters run with token auth by default, and a client given an address never
+    # turns it on by itself: the refusal then shows up only as this connection error.
+    return (
+        " (if the cluster uses token authentication, set RAY_AUTH_MODE=token and give the "
+        "cluster's token in RAY_AUTH_TOKEN or a file named by RAY_AUTH_TOKEN_PATH)"
+    )
+
+
+def block_rows(items: int, batch_size: int, actors: int) -> int:
+    """Items per Ray block: whole batches, about BLOCKS_PER_ACTOR blocks per actor, at most
+    MAX_BLOCK_ITEMS (rounded to a batch).
+
+    Every block costs the driver an object reference and a task, so 100 M items cannot be a
+    block per batch; many blocks per actor keep the actors evenly loaded to the end.
+    """
+    batches = math.ceil(items / (batch_size * actors * BLOCKS_PER_ACTOR))
+    rows = batch_size * min(max(batches, 1), max(MAX_BLOCK_ITEMS // batch_size, 1))
+    if items < rows * actors:  # fewer items than a block per actor: split them evenly
+        return max(math.ceil(items / actors), 1)
+    return rows
 
 
 def gpus_to_use(requested: float) -> float:
@@ -111,8 +174,8 @@ def gpus_to_use(requested: float) -> float:
     return requested
 
 
-def execute(plan: RunPlan, items: list[dict[str, Any]], gpus: float) -> Iterator[pa.Table]:
-    """Run every item through the actor pool; yield one work table per finished batch."""
+def execute(plan: RunPlan, items: pa.Table, gpus: float) -> Iterator[pa.Table]:
+    """Run every item (a row of ``run.work_table``) through the actor pool; yield work tables."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -121,9 +184,10 @@ def execute(plan: RunPlan, items: list[dict[str, Any]], gpus: float) -> Iterator
     ctx.enable_progress_bars = False  # the CLI draws one bar for the whole run
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
-    # Enough blocks to keep every actor busy even when there are fewer items than batches.
-    blocks = max(math.ceil(len(items) / compute.batch_size), min(len(items), compute.actors), 1)
-    dataset = ray.data.from_items(items, override_num_blocks=blocks)
+    rows = block_rows(items.num_rows, compute.batch_size, compute.actors)
+    blocks = max(math.ceil(items.num_rows / rows), 1)
+    # Slices share the table's buffers; each goes to the object store as one block.
+    dataset = ray.data.from_arrow([items.slice(i * rows, rows) for i in range(blocks)])
     quiet_ray_logs()
     dataset = dataset.map_batches(
         InpaintActor,

@@ -8,24 +8,27 @@ retried task rewrites identical bytes.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import layout
-from pipelines.errors import RunError
+from pipelines.errors import Reason, RunError
 from pipelines.manifest import OutputSpec
 from pipelines.schema import INDEX_SCHEMA, QUARANTINE_SCHEMA, split_work
 from pipelines.sources import filesystem
-from pipelines.storage import publish_bytes
+from pipelines.storage import abort_multipart_uploads, publish_bytes
 
 ROW_GROUP_ROWS = 16_384  # index rows buffered per Parquet row group (a few MB)
 
 # Left behind by an uncommitted run: safe to write over without --overwrite.
 _RESIDUE = {layout.STAGING, layout.IMAGES, layout.MASKS}
 _OURS = {layout.COMMIT_MARKER, layout.RUN_RECORD, layout.INDEX, layout.QUARANTINE} | _RESIDUE
+_log = logging.getLogger("synthfill")
 
 
 class DatasetSink:
@@ -43,14 +46,22 @@ class DatasetSink:
         self._writers: list[tuple[Any, pq.ParquetWriter]] = []
         self._buffer: list[pa.Table] = []
         self._buffered = 0
+        self.aborted_uploads: list[str] = []  # a crashed run's multipart uploads, at commit
+        # An output that held nothing can only gain stale files from this run's failed writes.
+        self.started_empty = False
 
     def check_target(self) -> None:
         """Refuse a non-empty output unless it is ours and overwrite was asked (before compute)."""
-        if not self.fs.exists(self.root):
-            return
-        names = {
-            entry.rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(self.root, detail=False)
-        }
+        try:
+            entries = self.fs.ls(self.root, detail=False) if self.fs.exists(self.root) else []
+            if not entries:
+                self.started_empty = True
+                return
+        except Exception as exc:  # unreachable or refusing store: fatal before compute, named
+            raise RunError(
+                f"cannot read output.uri {self.output.uri!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        names = {entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries}
         if names <= _RESIDUE:
             return
         if not names <= _OURS:
@@ -119,8 +130,20 @@ class DatasetSink:
 
         A replaced dataset loses its marker first, so a reader sees the old dataset, then none,
         then the new one, never a mix. Files no committed row points to (a replaced dataset's
-        outputs, a failed run's leftovers) are removed before the new marker appears.
+        outputs, a failed run's leftovers) are removed before the new marker appears. A storage
+        failure before the marker is written raises RunError: nothing is committed.
         """
+        try:
+            marker_path = self._publish(record)
+        except Exception as exc:  # the store failed (retries exhausted) or the process is broken
+            raise RunError(
+                f"commit to {self.output.uri!r} failed and the new dataset is not committed "
+                f"({type(exc).__name__}: {exc}); run again once the storage is healthy"
+            ) from exc
+        self._clean_up()
+        return self.fs.unstrip_protocol(marker_path)
+
+    def _publish(self, record: dict[str, Any]) -> str:
         self._close()
         marker_path = layout.join(self.root, layout.COMMIT_MARKER)
         if self.fs.exists(marker_path):
@@ -128,7 +151,9 @@ class DatasetSink:
         for name in (layout.INDEX, layout.QUARANTINE):
             self.fs.mv(layout.join(self.staging, name), layout.join(self.root, name))
         self._put(layout.RUN_RECORD, record)
-        self._remove_unreferenced()
+        # Listing every output costs a request per 1,000 files: skipped when nothing can be stale.
+        if not self.started_empty or self.reasons.get(Reason.WRITE_ERROR, 0):
+            self._remove_unreferenced()
         marker = {
             "run_id": record["run_id"],
             "index": layout.INDEX,
@@ -138,25 +163,64 @@ class DatasetSink:
             "manifest_sha256": record["manifest_sha256"],
         }
         self._put(layout.COMMIT_MARKER, marker)
-        self.fs.rm(layout.join(self.root, layout.STAGING), recursive=True)
-        return self.fs.unstrip_protocol(layout.join(self.root, layout.COMMIT_MARKER))
+        return marker_path
+
+    def _clean_up(self) -> None:
+        """Remove staging and a crashed run's pending uploads; the dataset is committed already."""
+        staging = layout.join(self.root, layout.STAGING)
+        try:
+            if self.fs.exists(staging):  # in an object store, emptied folders are gone already
+                self.fs.rm(staging, recursive=True)
+            # Nothing of this run is in flight now, so every pending upload under our folders
+            # was left by a killed process: invisible, but stored and billed until aborted.
+            self.aborted_uploads = abort_multipart_uploads(
+                self.fs, self.root, lambda key: key.split("/", 1)[0] in _OURS
+            )
+        except Exception as exc:  # e.g. no s3:ListBucketMultipartUploads permission
+            _log.warning(
+                "%s is committed, but cleaning up after it failed (%s: %s); the next run "
+                "cleans up again",
+                self.output.uri,
+                type(exc).__name__,
+                exc,
+            )
 
     def _remove_unreferenced(self) -> None:
+        """Delete files under images/ and masks/ that no committed row points to.
+
+        The referenced keys stay an Arrow array (not Python strings: ~6x smaller) and each
+        folder is listed and compared on its own.
+        """
         with self.fs.open(layout.join(self.root, layout.INDEX), "rb") as handle:
             table = pq.read_table(handle, columns=["output_uri", "mask_uri"])
-        keep = {self.fs._strip_protocol(u) for col in table.columns for u in col.to_pylist()}
+        prefix = len(self.fs.unstrip_protocol(self.root).rstrip("/")) + 1
+        keep = pa.chunked_array(
+            [pc.utf8_slice_codeunits(col, prefix).combine_chunks() for col in table.columns]
+        ).combine_chunks()
+        del table
         for folder in (layout.IMAGES, layout.MASKS):
             path = layout.join(self.root, folder)
             found = self.fs.find(path) if self.fs.exists(path) else []
-            stale = [p for p in found if p not in keep]
+            keys = pa.array([p[len(self.root) + 1 :] for p in found], pa.string())
+            stale = [
+                found[i] for i in pc.indices_nonzero(pc.invert(pc.is_in(keys, keep))).to_pylist()
+            ]
             if stale:
                 self.fs.rm(stale)
 
     def abort(self, record: dict[str, Any]) -> str:
         """Keep what was staged for inspection, with the failed run's record; commit nothing."""
-        self._close()
         path = layout.join(self.staging, layout.RUN_RECORD)
-        publish_bytes(self.fs, path, json.dumps(record, indent=2).encode())
+        try:
+            self._close()
+            publish_bytes(self.fs, path, json.dumps(record, indent=2).encode())
+        except Exception as exc:  # the store that failed the run may refuse this too
+            why = record.get("summary", {}).get("message") or "unknown reason"
+            raise RunError(
+                f"run {record['run_id']} failed and nothing is committed ({why}); its record "
+                f"could not be kept at {self.fs.unstrip_protocol(path)} either "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
         return self.fs.unstrip_protocol(path)
 
     def _put(self, name: str, doc: dict[str, Any]) -> None:

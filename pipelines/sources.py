@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import io
 import json
+import logging
 import os
 import posixpath
+import re
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from pipelines import credentials
-from pipelines.errors import RunError
+from pipelines.errors import ItemError, Reason, RunError
+from pipelines.inventory import read_inventory
+from pipelines.listing import (
+    ListingCounts,
+    Selector,
+    found_table,
+    list_in_parallel,
+    parallel_listing,
+    uri_prefix,
+)
 from pipelines.manifest import SourceSpec
 
 SKU110K_COLUMNS = ("image_name", "x1", "y1", "x2", "y2", "class", "image_width", "image_height")
@@ -28,6 +43,9 @@ class SourceItem:
     image_id: str
     uri: str
     size: int
+    # As the store reported it, quotes stripped; the md5 of the bytes only for single-part S3
+    # uploads (multipart ETags end in "-<parts>", GCS ETags are opaque). None when not known.
+    etag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,7 +62,7 @@ def filesystem(uri: str, storage_options: dict[str, Any]) -> tuple[fsspec.Abstra
     ``${NAME}`` references in ``storage_options`` are resolved from this process's environment
     here, at the last moment, so the resolved secrets live only inside the filesystem object.
     """
-    options = credentials.resolve(storage_options, os.environ)
+    options = s3_defaults(uri, credentials.resolve(storage_options, os.environ))
     try:
         return fsspec.core.url_to_fs(uri, **options)
     except ImportError as exc:  # e.g. gcsfs or adlfs not installed
@@ -55,39 +73,143 @@ def filesystem(uri: str, storage_options: dict[str, Any]) -> tuple[fsspec.Abstra
         ) from None
 
 
+# botocore's "standard" retries (500, 503 SlowDown, throttling, resets, timeouts), 4 attempts in
+# all: a transient fault costs about a second; a persistent 500 fails an operation in ~4 s, a
+# reset in ~5 s. s3fs repeats whole SlowDown rounds 5 times (20 attempts, ~20 s), no other 5xx.
+S3_RETRIES = {"mode": "standard", "total_max_attempts": 4}
+
+
+def s3_defaults(uri: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` plus our S3 retry defaults, unless the user chose retries themselves.
+
+    The user's choice is ``config_kwargs: {retries: ...}`` in storage_options, or botocore's own
+    ``AWS_MAX_ATTEMPTS`` / ``AWS_RETRY_MODE`` variables (which an explicit config would override).
+    """
+    chosen = "AWS_MAX_ATTEMPTS" in os.environ or "AWS_RETRY_MODE" in os.environ
+    config = options.get("config_kwargs") or {}
+    if chosen or not uri.startswith(("s3://", "s3a://")) or "retries" in config:
+        return options
+    return {**options, "config_kwargs": {**config, "retries": dict(S3_RETRIES)}}
+
+
 def list_sources(spec: SourceSpec) -> list[SourceItem]:
-    """List the images under ``spec.uri`` matching the glob and extensions, sorted by image_id."""
+    """List the images under ``spec.uri`` matching the glob and extensions, sorted by image_id.
+
+    One Python object per image: for small sources. Large runs use ``source_table``.
+    """
+    items, _ = source_table(spec)
+    return [SourceItem(**row) for row in items.to_pylist()]
+
+
+def source_table(spec: SourceSpec, *, parallel: bool = True) -> tuple[pa.Table, ListingCounts]:
+    """The items of ``spec`` as one Arrow table (``ITEM_SCHEMA``) sorted by image_id, with counts.
+
+    Read from ``spec.inventory`` when given, else listed under ``spec.uri``; S3 roots are listed
+    per sub-prefix in parallel for recursive globs (``parallel=False`` lists serially, as the
+    reference the parallel listing must equal).
+    """
     fs, root = filesystem(spec.uri, spec.storage_options)
     root = root.rstrip("/")
+    selector = Selector(root, uri_prefix(fs, root), spec.glob, spec.extensions)
+    if spec.inventory:
+        inventory_fs, path = filesystem(spec.inventory, spec.storage_options)
+        for found in read_inventory(inventory_fs, path, spec.inventory, root):
+            selector.add(found)
+        return selector.finish(spec.inventory)
+    for found in _listed(fs, root, spec, parallel):
+        selector.add(found)
+    return selector.finish()
+
+
+def _listed(
+    fs: fsspec.AbstractFileSystem, root: str, spec: SourceSpec, parallel: bool
+) -> Iterator[pa.Table]:
     try:
         if not fs.isdir(root):
             raise RunError(f"source.uri {spec.uri!r} is not a readable folder")
+        if parallel and spec.glob.startswith("**") and parallel_listing(fs):
+            return list_in_parallel(fs, root)
         # The root is literal: brackets or stars in a folder name are not a pattern.
         found = fs.glob(posixpath.join(glob.escape(root), spec.glob), detail=True)
     except (OSError, PermissionError) as exc:
         raise RunError(f"cannot list source.uri {spec.uri!r}: {exc}") from exc
-    items = []
-    for path, info in found.items():
-        if info.get("type") == "directory" or not path.lower().endswith(spec.extensions):
-            continue
-        image_id = posixpath.relpath(path, root)
-        items.append(SourceItem(image_id, fs.unstrip_protocol(path), int(info.get("size") or 0)))
-    return sorted(items, key=lambda item: item.image_id)
+    return iter([found_table(found.values())])
 
 
-def read_bytes(uri: str, storage_options: dict[str, Any]) -> bytes:
-    """Read a whole object; errors propagate to the caller's guard."""
+READ_ATTEMPTS = 3  # whole reads of one object before a body that fails its checks is given up
+_PLAIN_MD5 = re.compile(r'(?:W/)?"?([0-9a-fA-F]{32})"?')  # multipart ETags end in "-<parts>"
+_log = logging.getLogger("synthfill")
+
+
+def read_bytes(
+    uri: str, storage_options: dict[str, Any], *, size: int | None = None, etag: str | None = None
+) -> bytes:
+    """Read a whole object and check it is the object the listing described.
+
+    A body whose length differs from ``size`` (the listed size; 0 or None: unknown), whose md5
+    differs from an ``etag`` that is a plain md5, or that failed the storage library's checksum is
+    read again, at most READ_ATTEMPTS times in all, then refused with ItemError(read_error): a
+    partial body is never returned to be decoded. Errors the storage library already retried
+    (5xx, throttling, resets) propagate to the caller's guard.
+    """
     fs, path = filesystem(uri, storage_options)
-    return fs.cat_file(path)
+    problem = ""
+    for attempt in range(READ_ATTEMPTS):
+        if attempt:
+            _log.warning("%s: %s; reading it again", uri, problem)
+            time.sleep(0.2 * attempt)  # a proxy or load balancer cutting bodies may recover
+        data, problem = _read_checked(fs, path, size, etag)
+        if not problem:
+            return data
+    raise ItemError(
+        Reason.READ_ERROR, f"{uri}: {problem} (on each of {READ_ATTEMPTS} reads)", "read"
+    )
+
+
+def _read_checked(
+    fs: fsspec.AbstractFileSystem, path: str, size: int | None, etag: str | None
+) -> tuple[bytes, str]:
+    """One whole read and why its bytes are not the listed object ('' when they are)."""
+    from botocore.exceptions import FlexibleChecksumError  # s3fs depends on botocore
+
+    # s3fs sends a HEAD before every whole read to choose ranged parallel reads; the listing
+    # already gave the size, and an object below one block needs only the GET.
+    small = bool(size) and "s3" in fs.protocol and size <= getattr(fs, "default_block_size", 0)
+    try:
+        data = fs.cat_file(path, max_concurrency=1) if small else fs.cat_file(path)
+    except FlexibleChecksumError as exc:  # the body did not match the checksum S3 stored
+        return b"", f"corrupt in transit ({exc})"
+    if size and len(data) != size:
+        return data, f"read {len(data)} bytes but the listing said {size} (cut short or changed)"
+    listed = _PLAIN_MD5.fullmatch(etag or "")
+    if listed and hashlib.md5(data, usedforsecurity=False).hexdigest() != listed.group(1).lower():
+        _check_unchanged(fs, path, str(etag))
+    return data, ""
+
+
+def _check_unchanged(fs: fsspec.AbstractFileSystem, path: str, etag: str) -> None:
+    """The bytes' md5 is not the listed ETag: was the object replaced, or is it encrypted?
+
+    With SSE-KMS or SSE-C even a single-PUT ETag is not the md5 of the content, so the object's
+    current ETag decides: the same as listed means the same object (its size matched too).
+    """
+    current = str(fs.info(path, refresh=True).get("ETag", ""))
+    if current.strip('"').lower() != etag.strip('"').lower():
+        raise ItemError(
+            Reason.SOURCE_CHANGED,
+            f"{fs.unstrip_protocol(path)}: ETag {current} now, {etag} when listed; "
+            "re-run to pick up the new object",
+            "read",
+        )
 
 
 def load_annotations(uri: str, storage_options: dict[str, Any]) -> dict[str, Annotations]:
     """Boxes per image_id from COCO JSON, SKU-110K CSV or Parquet (by extension)."""
     fs, path = filesystem(uri, storage_options)
     try:
-        with fs.open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
+        # Checked against the listed size: a body cut short would silently drop boxes.
+        data = read_bytes(uri, storage_options, size=fs.size(path))
+    except (OSError, ItemError) as exc:
         raise RunError(f"cannot read source.annotations {uri!r}: {exc}") from exc
     lower = path.lower()
     try:

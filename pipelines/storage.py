@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -17,7 +18,10 @@ def publish_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None
     """Write ``data`` at ``path`` atomically; rewriting the same bytes is harmless (idempotent).
 
     Local files are written beside the target and renamed into place. Object stores get one
-    PUT (``pipe_file``), which is all-or-nothing for objects below the multipart threshold.
+    PUT (``pipe_file``), which is all-or-nothing: the store keeps the object only when the whole
+    body arrived. Never ``with fs.open(path, "wb")``: s3fs publishes what was written so far when
+    an exception leaves that block. s3fs writes 100 MiB and more as a multipart upload, aborted
+    when it fails; one left by a killed process stays invisible until ``abort_multipart_uploads``.
     """
     if is_local(fs):
         directory = os.path.dirname(path)
@@ -32,3 +36,35 @@ def publish_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None
                 os.unlink(tmp)
         return
     fs.pipe_file(path, data)
+
+
+def abort_multipart_uploads(
+    fs: fsspec.AbstractFileSystem, root: str, ours: Callable[[str], bool]
+) -> list[str]:
+    """Abort the pending S3 multipart uploads under ``root`` whose relative key ``ours`` accepts.
+
+    A process killed in the middle of a multipart upload leaves it pending: no object is
+    visible, but the parts are stored (and billed) until the upload is aborted. Call this only
+    when no upload of your own is in flight. Returns the paths aborted; other stores have none.
+    """
+    if "s3" not in fs.protocol:
+        return []
+    bucket, key, _ = fs.split_path(root)
+    prefix = key.rstrip("/") + "/" if key else ""
+    query: dict[str, str] = {"Bucket": bucket, "Prefix": prefix}
+    aborted = []
+    while True:
+        page = fs.call_s3("list_multipart_uploads", **query)
+        for upload in page.get("Uploads", []):
+            if ours(upload["Key"][len(prefix) :]):
+                fs.call_s3(
+                    "abort_multipart_upload",
+                    Bucket=bucket,
+                    Key=upload["Key"],
+                    UploadId=upload["UploadId"],
+                )
+                aborted.append(f"{bucket}/{upload['Key']}")
+        if not page.get("IsTruncated"):
+            return aborted
+        query["KeyMarker"] = page["NextKeyMarker"]
+        query["UploadIdMarker"] = page["NextUploadIdMarker"]

@@ -96,3 +96,77 @@ def tiny_manifest(tmp_path):
         return path
 
     return make
+
+
+# --- Real S3 servers (tests/s3_servers.py), one of each per session on free loopback ports ---
+
+# The retail manifest cut down for tests: 2 images x 2 variants.
+RETAIL_SMALL = ["--limit", "2", "--set", "variants=2"]
+
+
+@pytest.fixture(scope="session")
+def seaweed_s3(tmp_path_factory):
+    """SeaweedFS (`weed mini`) enforcing auth; its random secret is a canary to search for."""
+    import secrets
+
+    from s3_servers import SeaweedS3
+
+    canary = "CANARY-" + secrets.token_hex(10)
+    folder = tmp_path_factory.mktemp("seaweed")
+    with SeaweedS3(folder, buckets=["inputs", "datasets"], secret_key=canary) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """moto's S3 server (in a thread of this process) for fault injection behind a proxy."""
+    from s3_servers import MotoS3
+
+    with MotoS3(buckets=["faults-in", "faults-out"]) as server:
+        yield server
+
+
+@pytest.fixture
+def fault_proxy(moto_s3):
+    """A fresh fault proxy in front of moto: no faults until a test injects them."""
+    from s3_servers import FaultProxy
+
+    with FaultProxy(moto_s3.endpoint_url) as proxy:
+        yield proxy
+
+
+def pipeline_cli(*args: str, env: dict[str, str], timeout: float = 240) -> tuple[int, dict, str]:
+    """`pipeline run ... --json` in a subprocess, as users run it: its own Ray, whose workers
+    inherit ``env`` (credentials). Returns (exit code, JSON summary, stderr)."""
+    import json
+    import subprocess
+
+    environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # always a local Ray
+    done = subprocess.run(
+        [str(ROOT / ".venv/bin/pipeline"), "run", *args, "--json"],
+        env={**environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    lines = done.stdout[done.stdout.find("{") :] if "{" in done.stdout else "{}"
+    return done.returncode, json.loads(lines), done.stderr
+
+
+@pytest.fixture(scope="session")
+def retail_local_index(ray_local, tmp_path_factory):
+    """The small retail run into a local folder: what a run through any storage must reproduce."""
+    import json
+
+    import pandas as pd
+
+    from pipelines.manifest_loader import load_manifest
+    from pipelines.run import run_manifest
+
+    out = tmp_path_factory.mktemp("retail_local") / "dataset"
+    sets = [RETAIL_SMALL[3], f"output.uri={out}"]
+    summary = run_manifest(load_manifest(ROOT / "manifests/retail_shelf.yaml", sets), limit=2)
+    assert summary.status == "committed", summary.message
+    marker = json.loads((out / "_COMMITTED").read_text())
+    return pd.read_parquet(out / marker["index"])
