@@ -17,20 +17,11 @@ from pipelines.errors import RunError
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
-# Options whose values are secrets in s3fs, gcsfs and adlfs (also inside client_kwargs).
-SECRET_OPTIONS = frozenset(
-    {
-        "secret",
-        "token",
-        "password",
-        "aws_secret_access_key",
-        "aws_session_token",
-        "session_token",
-        "account_key",
-        "sas_token",
-        "connection_string",
-        "client_secret",
-    }
+# Option names that hold secrets in s3fs, gcsfs, adlfs and HTTP clients, at any depth
+# (client_kwargs, headers, s3_additional_kwargs): matched on the name without "_" or "-".
+_SECRET_NAME = re.compile(
+    r"secret|token|password|passwd|credential|authorization|privatekey|customerkey|"
+    r"sas|connectionstring|accountkey|apikey"
 )
 # gcsfs's `token` also names an authentication method or a credentials file: not a secret.
 _TOKEN_METHODS = frozenset({"anon", "google_default", "cloud", "browser"})
@@ -46,17 +37,23 @@ def literal_secrets(options: Mapping[str, Any], where: str) -> list[str]:
     found = []
     for key, value in options.items():
         name = f"{where}.{key}"
-        if isinstance(value, Mapping):
+        secret = is_secret_name(key)
+        if isinstance(value, Mapping) and not (secret and value):  # a mapping named token: a key
             found += literal_secrets(value, name)
-        elif key in SECRET_OPTIONS and not _harmless(key, value):
+        elif secret and not _harmless(key, value):
             found.append(name)
     return found
+
+
+def is_secret_name(key: str) -> bool:
+    """True for option names that hold secrets (``secret``, ``aws_session_token``, ...)."""
+    return _SECRET_NAME.search(key.lower().replace("_", "").replace("-", "")) is not None
 
 
 def _harmless(key: str, value: Any) -> bool:
     if value is None or value == "" or isinstance(value, bool):
         return True
-    if isinstance(value, str) and _REFERENCE.search(value):
+    if is_reference(value):  # only a whole reference: "abc${X}" would carry "abc"
         return True
     return key == "token" and isinstance(value, str) and _token_is_not_secret(value)
 

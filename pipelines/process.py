@@ -56,6 +56,8 @@ def guard(stage: str, reason: Reason) -> Iterator[None]:
     except ItemError as err:
         err.stage = err.stage or stage
         raise
+    except RunError:  # not the item's fault (e.g. a ${NAME} unset on this node): stop the run
+        raise
     except Exception as exc:  # every failure becomes a quarantine row naming it
         raise ItemError(reason, f"{type(exc).__name__}: {exc}", stage) from exc
 

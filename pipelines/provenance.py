@@ -121,9 +121,7 @@ def redact_override(item: str) -> str:
     """
     key, _, value = item.partition("=")
     if "storage_options" in key.split("."):
-        last = key.split(".")[-1]
-        shown = last in _SAFE_OPTIONS or is_reference(value)
-        return f"{key}={value}" if shown else f"{key}={_REDACTED}"
+        return f"{key}={_redact_option_value(key.split('.')[-1], value)}"
     if "storage_options" not in value:
         return item
     try:
@@ -131,6 +129,19 @@ def redact_override(item: str) -> str:
     except yaml.YAMLError:
         return f"{key}={_REDACTED}"  # unreadable, and it names storage_options: hide it all
     return f"{key}={json.dumps(_redact_nested(parsed), sort_keys=True)}"
+
+
+def _redact_option_value(name: str, value: str) -> str:
+    """One value given for a storage option (or a whole mapping of them) as recorded."""
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        parsed = None
+    if isinstance(parsed, dict):  # e.g. client_kwargs={headers: {Authorization: ...}}
+        options = parsed if name == "storage_options" else {name: parsed}
+        shown = redact(options)
+        return json.dumps(shown if name == "storage_options" else shown[name], sort_keys=True)
+    return value if name in _SAFE_OPTIONS or is_reference(value) else _REDACTED
 
 
 def _redact_nested(node: Any) -> Any:

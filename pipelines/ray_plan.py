@@ -86,14 +86,7 @@ def ray_session(address: str | None) -> Iterator[dict[str, Any]]:
         yield {"address": "existing", "owned": False}
         return
     quiet_ray_logs()
-    target = address or os.environ.get("RAY_ADDRESS") or ""
-    if target.startswith("ray://"):
-        # Ray Data's streaming executor needs a real driver (Ray 2.60 fails deep inside it
-        # with "'Worker' object has no attribute 'core_worker'"): say what works instead
-        raise RunError(
-            f"{target}: Ray Data cannot run through Ray Client (ray://); run the driver on "
-            "the cluster: ray job submit --address http://HEAD:8265 -- pipeline run MANIFEST"
-        )
+    check_address(address)
     try:
         context = ray.init(
             address=address,
@@ -108,6 +101,18 @@ def ray_session(address: str | None) -> Iterator[dict[str, Any]]:
         yield {"address": context.address_info.get("address", address), "owned": True}
     finally:
         ray.shutdown()
+
+
+def check_address(address: str | None) -> None:
+    """Refuse a Ray Client address (``ray://``, given or in RAY_ADDRESS), saying what works."""
+    target = address or os.environ.get("RAY_ADDRESS") or ""
+    if target.startswith("ray://"):
+        # Ray Data's streaming executor needs a real driver (Ray 2.60 fails deep inside it
+        # with "'Worker' object has no attribute 'core_worker'"): say what works instead
+        raise RunError(
+            f"{target}: Ray Data cannot run through Ray Client (ray://); run the driver on "
+            "the cluster: ray job submit --address http://HEAD:8265 -- pipeline run MANIFEST"
+        )
 
 
 def runtime_env_for(address: str | None) -> dict[str, Any]:

@@ -108,6 +108,9 @@ def run_manifest(
     """
     m = loaded.manifest
     _refuse_process_local(m.source.uri, m.output.uri)
+    from pipelines.ray_plan import check_address  # (ray itself is imported only to execute)
+
+    check_address(address)  # before listing what may be millions of keys
     started, t0 = datetime.now(UTC), time.perf_counter()
     run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     summary = RunSummary(m.name, run_id, "running", m.output.uri)

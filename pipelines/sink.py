@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import layout
-from pipelines.errors import Reason, RunError
+from pipelines.errors import RunError
 from pipelines.manifest import OutputSpec
 from pipelines.schema import INDEX_SCHEMA, QUARANTINE_SCHEMA, split_work
 from pipelines.sources import filesystem
@@ -62,7 +62,8 @@ class DatasetSink:
                 f"cannot read output.uri {self.output.uri!r}: {type(exc).__name__}: {exc}"
             ) from exc
         names = {entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries}
-        if names <= _RESIDUE:
+        # Ours but never committed (a failed or interrupted commit): safe to write over.
+        if names <= _RESIDUE or (names <= _OURS and layout.COMMIT_MARKER not in names):
             return
         if not names <= _OURS:
             strangers = sorted(names - _OURS)[:3]
@@ -152,7 +153,8 @@ class DatasetSink:
             self.fs.mv(layout.join(self.staging, name), layout.join(self.root, name))
         self._put(layout.RUN_RECORD, record)
         # Listing every output costs a request per 1,000 files: skipped when nothing can be stale.
-        if not self.started_empty or self.reasons.get(Reason.WRITE_ERROR, 0):
+        # (a quarantined item may have written files before it failed, or in an earlier attempt)
+        if not self.started_empty or self.rows_quarantined:
             self._remove_unreferenced()
         marker = {
             "run_id": record["run_id"],
@@ -194,17 +196,17 @@ class DatasetSink:
         with self.fs.open(layout.join(self.root, layout.INDEX), "rb") as handle:
             table = pq.read_table(handle, columns=["output_uri", "mask_uri"])
         prefix = len(self.fs.unstrip_protocol(self.root).rstrip("/")) + 1
-        keep = pa.chunked_array(
-            [pc.utf8_slice_codeunits(col, prefix).combine_chunks() for col in table.columns]
-        ).combine_chunks()
+        # large_string: two keys per row pass 2 GiB of text (int32 offsets) near 24 M rows
+        keys = [pc.utf8_slice_codeunits(col.cast(pa.large_string()), prefix) for col in table]
+        keep = pa.chunked_array([c for col in keys for c in col.chunks], pa.large_string())
+        keep = keep.combine_chunks()
         del table
         for folder in (layout.IMAGES, layout.MASKS):
             path = layout.join(self.root, folder)
             found = self.fs.find(path) if self.fs.exists(path) else []
-            keys = pa.array([p[len(self.root) + 1 :] for p in found], pa.string())
-            stale = [
-                found[i] for i in pc.indices_nonzero(pc.invert(pc.is_in(keys, keep))).to_pylist()
-            ]
+            listed = pa.array([p[len(self.root) + 1 :] for p in found], pa.large_string())
+            unreferenced = pc.indices_nonzero(pc.invert(pc.is_in(listed, keep)))
+            stale = [found[i] for i in unreferenced.to_pylist()]
             if stale:
                 self.fs.rm(stale)
 

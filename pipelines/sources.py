@@ -124,15 +124,22 @@ def source_table(spec: SourceSpec, *, parallel: bool = True) -> tuple[pa.Table, 
 def _listed(
     fs: fsspec.AbstractFileSystem, root: str, spec: SourceSpec, parallel: bool
 ) -> Iterator[pa.Table]:
+    unreadable = RunError(f"source.uri {spec.uri!r} is not a readable folder")
     try:
-        if not fs.isdir(root):
-            raise RunError(f"source.uri {spec.uri!r} is not a readable folder")
         if parallel and spec.glob.startswith("**") and parallel_listing(fs):
-            return list_in_parallel(fs, root)
+            # No isdir first: on S3 it pages through the whole root and caches every entry.
+            tables = list(list_in_parallel(fs, root))
+            if any(table.num_rows for table in tables) or fs.isdir(root):
+                return iter(tables)
+            raise unreadable
+        if not fs.isdir(root):
+            raise unreadable
         # The root is literal: brackets or stars in a folder name are not a pattern.
         found = fs.glob(posixpath.join(glob.escape(root), spec.glob), detail=True)
-    except (OSError, PermissionError) as exc:
-        raise RunError(f"cannot list source.uri {spec.uri!r}: {exc}") from exc
+    except RunError:
+        raise
+    except Exception as exc:  # OSError, and botocore's own (EndpointConnectionError is not one)
+        raise RunError(f"cannot list source.uri {spec.uri!r}: {type(exc).__name__}: {exc}") from exc
     return iter([found_table(found.values())])
 
 
@@ -172,19 +179,38 @@ def _read_checked(
     """One whole read and why its bytes are not the listed object ('' when they are)."""
     from botocore.exceptions import FlexibleChecksumError  # s3fs depends on botocore
 
-    # s3fs sends a HEAD before every whole read to choose ranged parallel reads; the listing
-    # already gave the size, and an object below one block needs only the GET.
-    small = bool(size) and "s3" in fs.protocol and size <= getattr(fs, "default_block_size", 0)
+    # One GET per read on S3: s3fs would otherwise HEAD first and, above one block, fill a
+    # buffer of the listed length from ranged GETs, where a short range leaves zeros that pass
+    # the size check. One GET is length-checked by the client and retried by s3fs.
+    single = "s3" in fs.protocol
     try:
-        data = fs.cat_file(path, max_concurrency=1) if small else fs.cat_file(path)
+        data = fs.cat_file(path, max_concurrency=1) if single else fs.cat_file(path)
     except FlexibleChecksumError as exc:  # the body did not match the checksum S3 stored
         return b"", f"corrupt in transit ({exc})"
-    if size and len(data) != size:
-        return data, f"read {len(data)} bytes but the listing said {size} (cut short or changed)"
+    if size and len(data) > size:  # more bytes than listed: no transport fault does that
+        raise ItemError(
+            Reason.SOURCE_CHANGED,
+            f"{fs.unstrip_protocol(path)}: {len(data)} bytes now, {size} when listed",
+            "read",
+        )
+    if size and len(data) < size:
+        _check_unchanged_size(fs, path, size)
+        return data, f"read {len(data)} bytes but the listing said {size} (cut short)"
     listed = _PLAIN_MD5.fullmatch(etag or "")
     if listed and hashlib.md5(data, usedforsecurity=False).hexdigest() != listed.group(1).lower():
         _check_unchanged(fs, path, str(etag))
     return data, ""
+
+
+def _check_unchanged_size(fs: fsspec.AbstractFileSystem, path: str, size: int) -> None:
+    """A short body: cut in transit (read again) or a smaller object now (source_changed)?"""
+    current = fs.info(path, refresh=True).get("size") if "s3" in fs.protocol else fs.size(path)
+    if current is not None and int(current) != size:
+        raise ItemError(
+            Reason.SOURCE_CHANGED,
+            f"{fs.unstrip_protocol(path)}: {current} bytes now, {size} when listed",
+            "read",
+        )
 
 
 def _check_unchanged(fs: fsspec.AbstractFileSystem, path: str, etag: str) -> None:

@@ -274,3 +274,17 @@ def test_ray_job_submit_with_a_working_dir_commits_the_dataset(cluster, tmp_path
     for job in jobs:  # what Ray keeps of every job's runtime_env: only what we meant to send
         assert set(job["runtime_env"]) <= {"working_dir", "py_modules", "env_vars"}
         assert set(job["runtime_env"].get("env_vars", {})) <= set(THREAD_PINS)
+
+
+def test_a_ray_client_address_is_refused_before_any_listing(tmp_path, tiny_manifest, monkeypatch):
+    from pipelines.errors import RunError
+    from pipelines.manifest_loader import load_manifest
+    from pipelines.run import run_manifest
+
+    loaded = load_manifest(tiny_manifest(count=1), [f"source.uri={tmp_path / 'absent'}"])
+    # the source does not exist: reaching the listing would raise another error
+    with pytest.raises(RunError, match="ray job submit"):
+        run_manifest(loaded, address="ray://head:10001")
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    with pytest.raises(RunError, match="Ray Client"):
+        run_manifest(loaded)

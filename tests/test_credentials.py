@@ -73,6 +73,18 @@ def test_filesystem_resolves_references_at_open_time(monkeypatch):
         ({"token": "/etc/gcp/service-account.json"}, []),  # a credentials file's path
         ({"secret": "${S3_SECRET}", "key": "AKIA-not-secret"}, []),
         ({"endpoint_url": "http://minio:9000", "anon": True}, []),
+        ({"secret": "hunter2${X}"}, ["so.secret"]),  # only a whole reference hides nothing
+        ({"token": {"type": "service_account", "private_key": "-----BEGIN"}}, ["so.token"]),
+        (
+            {"s3_additional_kwargs": {"SSECustomerKey": "k"}},
+            ["so.s3_additional_kwargs.SSECustomerKey"],
+        ),
+        (
+            {"client_kwargs": {"headers": {"Authorization": "Bearer x"}}},
+            ["so.client_kwargs.headers.Authorization"],
+        ),
+        ({"credential": "x"}, ["so.credential"]),  # adlfs
+        ({"config_kwargs": {"retries": {"max_attempts": 3}}, "version_aware": True}, []),
     ],
 )
 def test_literal_secrets_are_found(options, expected):
@@ -111,3 +123,44 @@ def test_the_run_record_keeps_references_and_redacts_everything_else(tmp_path):
     }
     assert resolved["output"]["storage_options"]["endpoint_url"] == "http://minio:9000"
     assert record["overrides"] == ["output.storage_options.secret=${OUT_SECRET}"]
+
+
+def test_a_reference_unset_where_workers_run_stops_the_run_instead_of_quarantining(
+    ray_local, tmp_path, tiny_manifest, monkeypatch
+):
+    # Set for the driver only: the session's Ray workers started before it existed, as the
+    # nodes of a cluster that lack a variable would. Every read would fail the same way, so
+    # the run stops with the cause rather than quarantining every item as read_error.
+    from pipelines.run import run_manifest
+
+    monkeypatch.setenv("SF_TEST_DRIVER_ONLY", "1")
+    path = tiny_manifest(count=2)
+    loaded = load_manifest(path, ["source.storage_options={auto_mkdir: '${SF_TEST_DRIVER_ONLY}'}"])
+    with pytest.raises(RunError, match=r"\$\{SF_TEST_DRIVER_ONLY\}") as err:
+        run_manifest(loaded)
+    assert "quarantined" not in str(err.value)
+    assert not (tmp_path / "out" / "_COMMITTED").exists()
+
+
+@pytest.mark.parametrize(
+    "given, recorded",
+    [
+        (
+            "source.storage_options.client_kwargs={headers: {X-Api: abc}, region_name: eu}",
+            'source.storage_options.client_kwargs={"headers": "<redacted>", "region_name": "eu"}',
+        ),
+        (
+            "source.storage_options={endpoint_url: 'http://m:9', profile: p}",
+            'source.storage_options={"endpoint_url": "http://m:9", "profile": "<redacted>"}',
+        ),
+        ("output.storage_options.profile=nightly", "output.storage_options.profile=<redacted>"),
+        (
+            "output.storage_options.endpoint_url=http://m:9",
+            "output.storage_options.endpoint_url=http://m:9",
+        ),
+    ],
+)
+def test_overrides_are_recorded_with_nested_values_redacted(given, recorded):
+    from pipelines.provenance import redact_override
+
+    assert redact_override(given) == recorded

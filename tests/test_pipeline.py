@@ -144,6 +144,21 @@ def test_non_empty_output_is_refused_unless_overwrite(ray_local, tmp_path, tiny_
     assert len(read_index(tmp_path / "out")) == first.rows_written == second.rows_written
 
 
+def test_a_commit_that_failed_before_its_marker_can_be_rerun_without_overwrite(
+    ray_local, tmp_path, tiny_manifest
+):
+    path = tiny_manifest(count=2)
+    first = run(path)
+    # the marker PUT failed: index, quarantine and run record are there, _COMMITTED is not
+    (tmp_path / "out" / "_COMMITTED").unlink()
+    stale = tmp_path / "out" / "images" / "00" / "left-over.png"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"from the failed run")
+    again = run(path)
+    assert again.status == "committed" and again.rows_written == first.rows_written
+    assert not stale.exists()  # nothing no committed row points to survives
+
+
 def test_foreign_folder_is_never_overwritten(ray_local, tmp_path, tiny_manifest):
     path = tiny_manifest(count=1)
     (tmp_path / "out").mkdir()

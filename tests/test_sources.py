@@ -171,3 +171,16 @@ def test_blocks_cover_every_item_in_whole_batches(items, batch, actors):
     assert blocks >= min(items, actors)  # every actor gets work
     assert rows <= max(MAX_BLOCK_ITEMS, batch)  # a block's retry stays cheap
     assert rows % batch == 0 or items < batch * actors  # partial batches only in tiny runs
+
+
+@pytest.mark.parametrize("listed_size", [5, 30])  # the object grew / shrank since it was listed
+def test_an_object_of_another_size_than_listed_is_source_changed_at_once(tmp_path, listed_size):
+    from pipelines.errors import ItemError, Reason
+    from pipelines.sources import read_bytes
+
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"eighteen bytes....")
+    with pytest.raises(ItemError) as err:
+        read_bytes(str(path), {}, size=listed_size)
+    assert err.value.reason == Reason.SOURCE_CHANGED
+    assert "when listed" in err.value.detail

@@ -183,10 +183,11 @@ def test_reads_are_checked_and_retries_bounded(fault_proxy, moto_s3, env):
     uploader(moto_s3).put_object(Bucket=IN, Key=f"{prefix}/plain.bin", Body=data)
     moto_s3.client().put_object(Bucket=IN, Key=f"{prefix}/summed.bin", Body=data)  # + CRC32
     plain, summed = f"s3://{IN}/{prefix}/plain.bin", f"s3://{IN}/{prefix}/summed.bin"
-    # Cut short twice: read again, and the third read is whole. One GET per read, no HEAD.
+    # Cut short twice: read again, and the third read is whole. One GET per read, and a HEAD
+    # after each short one (is the object smaller now, i.e. changed, or was the body cut?).
     fault_proxy.inject("short", "GET", "/plain.bin", times=READ_ATTEMPTS - 1)
     assert read_bytes(plain, through(fault_proxy), size=len(data)) == data
-    assert fault_proxy.requests == {"GET": READ_ATTEMPTS}
+    assert fault_proxy.requests == {"GET": READ_ATTEMPTS, "HEAD": READ_ATTEMPTS - 1}
     # A stored checksum catches a cut body too (botocore validates it): read again.
     fault_proxy.inject("short", "GET", "/summed.bin", times=1)
     assert read_bytes(summed, through(fault_proxy), size=len(data)) == data
@@ -195,7 +196,7 @@ def test_reads_are_checked_and_retries_bounded(fault_proxy, moto_s3, env):
     fault_proxy.inject("short", "GET", "/plain.bin", times=None)
     with pytest.raises(ItemError, match="listing said 300000"):
         read_bytes(plain, through(fault_proxy), size=len(data))
-    assert fault_proxy.requests == {"GET": READ_ATTEMPTS}
+    assert fault_proxy.requests == {"GET": READ_ATTEMPTS, "HEAD": READ_ATTEMPTS}
     # Replaced after listing by same-size bytes: the listed ETag (plain md5) tells.
     fault_proxy.clear()
     etag = moto_s3.client().head_object(Bucket=IN, Key=f"{prefix}/plain.bin")["ETag"]
