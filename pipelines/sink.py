@@ -25,6 +25,8 @@ from pipelines.storage import abort_multipart_uploads, publish_bytes
 
 ROW_GROUP_ROWS = 16_384  # index rows buffered per Parquet row group (a few MB)
 
+# "images/3f" and "masks/3f/": the start of every key in one shard folder (layout.shard)
+_SHARD_HEAD = 9
 # Left behind by an uncommitted run: safe to write over without --overwrite.
 _RESIDUE = {layout.STAGING, layout.IMAGES, layout.MASKS}
 _OURS = {layout.COMMIT_MARKER, layout.RUN_RECORD, layout.INDEX, layout.QUARANTINE} | _RESIDUE
@@ -190,9 +192,25 @@ class DatasetSink:
     def _remove_unreferenced(self) -> None:
         """Delete files under images/ and masks/ that no committed row points to.
 
-        The referenced keys stay an Arrow array (not Python strings: ~6x smaller) and each
-        folder is listed and compared on its own.
+        Outputs are listed one shard folder (1/256 of them) at a time and compared with that
+        shard's slice of the referenced keys, which stay one sorted Arrow array: memory and
+        time grow linearly with the dataset (a Python set of every key took ~6x the memory).
         """
+        keep, spans = self._referenced_by_shard()
+        for folder in (layout.IMAGES, layout.MASKS):
+            path = layout.join(self.root, folder)
+            for shard in self.fs.ls(path, detail=False) if self.fs.exists(path) else []:
+                head = (shard[len(self.root) + 1 :] + "/")[:_SHARD_HEAD]
+                first, last = spans.get(head, (0, 0))
+                found = self.fs.find(shard)
+                listed = pa.array([p[len(self.root) + 1 :] for p in found], pa.large_string())
+                known = pc.is_in(listed, value_set=keep.slice(first, last - first))
+                stale = [found[i] for i in pc.indices_nonzero(pc.invert(known)).to_pylist()]
+                if stale:
+                    self.fs.rm(stale)
+
+    def _referenced_by_shard(self) -> tuple[pa.Array, dict[str, tuple[int, int]]]:
+        """Every key the index points to, sorted, and where each shard's keys start and end."""
         with self.fs.open(layout.join(self.root, layout.INDEX), "rb") as handle:
             table = pq.read_table(handle, columns=["output_uri", "mask_uri"])
         prefix = len(self.fs.unstrip_protocol(self.root).rstrip("/")) + 1
@@ -200,15 +218,12 @@ class DatasetSink:
         keys = [pc.utf8_slice_codeunits(col.cast(pa.large_string()), prefix) for col in table]
         keep = pa.chunked_array([c for col in keys for c in col.chunks], pa.large_string())
         keep = keep.combine_chunks()
-        del table
-        for folder in (layout.IMAGES, layout.MASKS):
-            path = layout.join(self.root, folder)
-            found = self.fs.find(path) if self.fs.exists(path) else []
-            listed = pa.array([p[len(self.root) + 1 :] for p in found], pa.large_string())
-            unreferenced = pc.indices_nonzero(pc.invert(pc.is_in(listed, keep)))
-            stale = [found[i] for i in unreferenced.to_pylist()]
-            if stale:
-                self.fs.rm(stale)
+        keep = keep.take(pc.array_sort_indices(keep))
+        runs = pc.run_end_encode(pc.utf8_slice_codeunits(keep, 0, _SHARD_HEAD))
+        spans, first = {}, 0
+        for head, last in zip(runs.values.to_pylist(), runs.run_ends.to_pylist(), strict=True):
+            spans[head], first = (first, last), last
+        return keep, spans
 
     def abort(self, record: dict[str, Any]) -> str:
         """Keep what was staged for inspection, with the failed run's record; commit nothing."""
