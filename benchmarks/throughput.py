@@ -5,8 +5,11 @@ pipeline with 1 and 2 actors, measured interleaved (median of --repeats) on copi
 shelf photos with the retail manifest's masks and fill; plus the ratios of PERFORMANCE.md
 (G1 fused loop vs isolated stages, G2 2 vs 1 processes, G3 Ray vs pool, G3b Ray fixed cost,
 G10 Parquet index share). G4/G4b and G5 come from benchmarks/classical.py and codec.py.
+With S3 (the default), the same 2-actor Ray job also reads its sources and writes its dataset
+through a local S3 server (SeaweedFS on loopback, as in the tests), interleaved with the local
+runs: S1 is its throughput relative to local files.
 
-    python benchmarks/throughput.py [--items 32] [--repeats 3]
+    python benchmarks/throughput.py [--items 32] [--repeats 3] [--no-s3]
     python benchmarks/throughput.py --neural [--items 16]   # the maskaware path (G6, GPU)
 """
 
@@ -23,10 +26,14 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # s3_servers: the S3 server the tests start
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
@@ -61,10 +68,11 @@ def make_workload(folder: Path, items: int) -> Path:
     return path
 
 
-def loaded(path: Path, out: Path, actors: int, batch: int):
+def loaded(path: Path, out: Path | str, actors: int, batch: int, source: str | None = None):
+    source = source or str(path.parent / "source")
     overrides = [
-        f"source.uri={path.parent / 'source'}",
-        f"source.annotations={path.parent / 'source/boxes.csv'}",
+        f"source.uri={source}",
+        f"source.annotations={source}/boxes.csv",
         f"output.uri={out}",
         "output.overwrite=true",
         f"variants={VARIANTS}",
@@ -112,8 +120,27 @@ def process_pool(plan: RunPlan, items: list[dict], workers: int, chunk: int) -> 
     return time.perf_counter() - start
 
 
-def ray_job(path: Path, out: Path, actors: int, batch: int, limit: int | None = None) -> dict:
-    summary = run_manifest(loaded(path, out, actors, batch), limit=limit)
+def ray_job(
+    path: Path,
+    out: Path | str,
+    actors: int,
+    batch: int,
+    limit: int | None = None,
+    s3: Any = None,
+) -> dict:
+    lm = loaded(path, out, actors, batch)
+    if s3 is not None:  # sources and dataset in buckets of the local S3 server
+        endpoint = f"{{endpoint_url: '{s3.endpoint_url}'}}"
+        lm = loaded(path, out, actors, batch, source="s3://bench/source")
+        lm = load_manifest(
+            path,
+            [
+                *lm.overrides,
+                f"source.storage_options={endpoint}",
+                f"output.storage_options={endpoint}",
+            ],
+        )
+    summary = run_manifest(lm, limit=limit)
     assert summary.status == "committed" and summary.rows_written == summary.items_in * VARIANTS
     return {
         "wall_s": summary.wall_s,
@@ -185,6 +212,25 @@ def isolated_stages(plan: RunPlan, items: list[dict], out: Path) -> dict[str, fl
     return t
 
 
+@contextmanager
+def s3_server(enabled: bool, source: Path) -> Iterator[Any]:
+    """SeaweedFS on loopback holding a copy of ``source`` (None when S3 is not measured)."""
+    if not enabled:
+        yield None
+        return
+    from s3_servers import SeaweedS3
+
+    with ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="synthfill-s3-")))
+        server = stack.enter_context(SeaweedS3(folder, buckets=["bench"]))
+        client = server.client()
+        for file in sorted(source.iterdir()):
+            client.put_object(Bucket="bench", Key=f"source/{file.name}", Body=file.read_bytes())
+        # Ray workers inherit the driver's environment: credentials reach them this way.
+        os.environ.update(server.env())
+        yield server
+
+
 def median(values: list[float]) -> float:
     return round(statistics.median(values), 4)
 
@@ -195,6 +241,9 @@ def main() -> None:
         "--items", type=int, default=32, help="source images (each gives 2 variants)"
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--no-s3", dest="s3", action="store_false", help="skip the local S3 server leg"
+    )
     parser.add_argument(
         "--neural",
         action="store_true",
@@ -210,10 +259,12 @@ def main() -> None:
     import ray
 
     work = Path(tempfile.mkdtemp(prefix="synthfill-bench-"))
+    stack = ExitStack()
     try:
         path = make_workload(work, args.items)
         plan, items = plan_and_items(path, work / "plain")
         stages = isolated_stages(plan, items, work / "stages")
+        s3 = stack.enter_context(s3_server(args.s3, work / "source"))
         t0 = time.perf_counter()
         ray.init(
             num_cpus=os.cpu_count(),
@@ -227,6 +278,8 @@ def main() -> None:
             k: []
             for k in ("loop", "pool1", "pool2", "ray1", "ray2", "pool2_one_item", "ray2_one_item")
         }
+        if s3 is not None:
+            runs["ray2_s3"] = []
         index_share = []
         for _ in range(args.repeats):
             # One-item jobs measure each engine's fixed cost (process/actor start-up, planning).
@@ -239,9 +292,12 @@ def main() -> None:
             r2 = ray_job(path, work / "ray2", 2, 4)
             runs["ray1"].append(r1["wall_s"])
             runs["ray2"].append(r2["wall_s"])
+            if s3 is not None:
+                runs["ray2_s3"].append(ray_job(path, "s3://bench/ray2", 2, 4, s3=s3)["wall_s"])
             index_share.append(r2["index_write_s"] / r2["wall_s"])
         ray.shutdown()
     finally:
+        stack.close()
         shutil.rmtree(work, ignore_errors=True)
     images = args.items * VARIANTS
     med = {k: median(v) for k, v in runs.items()}
@@ -260,6 +316,9 @@ def main() -> None:
         "G3b_ray_fixed_cost_s": round(fixed, 2),
         "G10_index_write_share": round(median(index_share), 5),
     }
+    if "ray2_s3" in med:
+        # >1 would mean S3 is faster; the loopback server costs CPU on these same cores.
+        ratios["S1_s3_vs_local_files_ray2"] = round(med["ray2"] / med["ray2_s3"], 3)
     targets = {
         "G1_fused_vs_isolated_stages": ratios["G1_fused_vs_isolated_stages"] >= 0.85,
         "G2_pool2_vs_pool1": ratios["G2_pool2_vs_pool1"] >= 1.9,
