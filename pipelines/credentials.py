@@ -89,3 +89,13 @@ def _resolve_value(key: str, value: Any, environ: Mapping[str, str]) -> Any:
         return environ[name]
 
     return _REFERENCE.sub(lookup, value)
+
+
+def access_hint(exc: BaseException) -> str:
+    """What to check when the store refused us (empty for other errors)."""
+    if not isinstance(exc, PermissionError):
+        return ""
+    return (
+        "; check the credentials this process sees: AWS_* variables, AWS_PROFILE, an instance "
+        "role, or ${NAME} references in storage_options (and that they may read/write there)"
+    )

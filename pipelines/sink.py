@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import layout
+from pipelines.credentials import access_hint
 from pipelines.errors import RunError
 from pipelines.manifest import OutputSpec
 from pipelines.schema import INDEX_SCHEMA, QUARANTINE_SCHEMA, split_work
@@ -62,6 +63,7 @@ class DatasetSink:
         except Exception as exc:  # unreachable or refusing store: fatal before compute, named
             raise RunError(
                 f"cannot read output.uri {self.output.uri!r}: {type(exc).__name__}: {exc}"
+                + access_hint(exc)
             ) from exc
         names = {entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries}
         # Ours but never committed (a failed or interrupted commit): safe to write over.

@@ -139,7 +139,10 @@ def _listed(
     except RunError:
         raise
     except Exception as exc:  # OSError, and botocore's own (EndpointConnectionError is not one)
-        raise RunError(f"cannot list source.uri {spec.uri!r}: {type(exc).__name__}: {exc}") from exc
+        raise RunError(
+            f"cannot list source.uri {spec.uri!r}: {type(exc).__name__}: {exc}"
+            + credentials.access_hint(exc)
+        ) from exc
     return iter([found_table(found.values())])
 
 
@@ -236,7 +239,9 @@ def load_annotations(uri: str, storage_options: dict[str, Any]) -> dict[str, Ann
         # Checked against the listed size: a body cut short would silently drop boxes.
         data = read_bytes(uri, storage_options, size=fs.size(path))
     except (OSError, ItemError) as exc:
-        raise RunError(f"cannot read source.annotations {uri!r}: {exc}") from exc
+        raise RunError(
+            f"cannot read source.annotations {uri!r}: {exc}" + credentials.access_hint(exc)
+        ) from exc
     lower = path.lower()
     try:
         if lower.endswith(".json"):

@@ -112,6 +112,7 @@ def test_secret_by_reference_and_by_profile_leaves_no_trace(canary_inputs, tmp_p
     )
     assert code != 0
     assert "s3://datasets/canary-denied" in stderr and "Forbidden" in stderr  # what and why
+    assert "AWS_PROFILE" in stderr  # and what to check
     outputs.append((summary, stderr))
 
     client = server.client()
