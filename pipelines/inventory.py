@@ -156,6 +156,8 @@ def _csv(
             for batch in reader:
                 yield _found(batch, roles, bucket, url_encoded)
         except pa.ArrowInvalid as exc:
+            if "Empty CSV file" in str(exc):  # a data file with no rows (no header to expect)
+                return
             raise RunError(
                 f"source.inventory {uri!r}: cannot parse {path}: {exc} (do the columns match "
                 f"{'the header' if header else 'the manifest fileSchema'}?)"
@@ -179,8 +181,13 @@ def _parquet(fs: Any, path: str, uri: str, bucket: str) -> Iterator[pa.Table]:
             raise RunError(f"source.inventory {uri!r}: {path} is not Parquet: {exc}") from None
         roles = _columns(parquet.schema_arrow.names, f"source.inventory {uri} ({path})")
         wanted = [name for name in roles.values() if name]
-        for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=wanted):
-            yield _found(batch, roles, bucket, url_encoded=False)
+        try:
+            for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=wanted):
+                yield _found(batch, roles, bucket, url_encoded=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:  # e.g. size as text
+            raise RunError(
+                f"source.inventory {uri!r}: cannot read the columns {wanted} of {path}: {exc}"
+            ) from None
 
 
 def _found(

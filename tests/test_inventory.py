@@ -205,6 +205,11 @@ def _parquet_bytes(table: pa.Table) -> bytes:
         ("keys.csv", b"", "the CSV is empty"),
         ("keys.csv", b"key,size\na.png,1,extra\n", "cannot parse"),
         ("keys.parquet", b"PAR1 not really", "is not Parquet"),
+        (
+            "keys.parquet",
+            _parquet_bytes(pa.table({"key": ["a.png"], "size": ["one kilobyte"]})),
+            "cannot read the columns",
+        ),
     ],
 )
 def test_malformed_inventories_say_what_to_fix(tmp_path, name, content, message):
@@ -280,3 +285,13 @@ def test_plan_reports_the_inventory_counts(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "4 read: 1 outside source.uri (skipped)" in result.stdout
     assert "sources found" in result.stdout and " 3 " in result.stdout
+
+
+def test_an_empty_data_file_of_an_s3_inventory_adds_no_keys(tmp_path):
+    data = tmp_path / "inventories" / "data"
+    data.mkdir(parents=True)
+    (data / "empty.csv.gz").write_bytes(gzip.compress(b""))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_bytes(s3_manifest("CSV", CSV_SCHEMA, ["inventories/data/empty.csv.gz"]))
+    table, counts = source_table(SourceSpec(uri=str(tmp_path), inventory=str(manifest)))
+    assert table.num_rows == 0 and counts.found == 0
