@@ -29,7 +29,7 @@ from pipelines.codec import decode_image, decode_mask, encode_image, encode_mask
 from pipelines.errors import ItemError, Reason, RunError
 from pipelines.manifest import Manifest, canonical_json
 from pipelines.seeding import rng_for, unit_interval, variant_seed
-from pipelines.sources import filesystem, read_bytes
+from pipelines.sources import filesystem, read_bytes, read_object
 from pipelines.storage import publish_bytes
 from pipelines.weights import fetch_weights
 
@@ -104,6 +104,9 @@ class ItemProcessor:
         kinds = tuple(s.kind for s in m.masks)
         self.inpainters = [self._load(spec.for_masks(kinds)) for spec in m.inpainters]
         self.augmenter = build_augmenter(m.augment)
+        # Sources are read as root + image_id through one filesystem opened here: no per-item
+        # URL parsing, and a ${NAME} missing on this node fails the actor at once.
+        self.source_fs, self.source_root = filesystem(m.source.uri, m.source.storage_options)
         self.out_fs, self.out_root = filesystem(m.output.uri, m.output.storage_options)
         self.out_root = self.out_root.rstrip("/")
         self.user_masks = next((s for s in m.masks if isinstance(s, FromFiles)), None)
@@ -164,9 +167,9 @@ class ItemProcessor:
         with guard("read", Reason.READ_ERROR):
             try:
                 # Checked against the listing: a body cut short in transit is never decoded.
-                data = read_bytes(
-                    item["uri"],
-                    m.source.storage_options,
+                data = read_object(
+                    self.source_fs,
+                    layout.join(self.source_root, item["image_id"]),
                     size=item.get("size"),
                     etag=item.get("etag"),
                 )

@@ -163,16 +163,26 @@ def read_bytes(
     (5xx, throttling, resets) propagate to the caller's guard.
     """
     fs, path = filesystem(uri, storage_options)
+    return read_object(fs, path, size=size, etag=etag)
+
+
+def read_object(
+    fs: fsspec.AbstractFileSystem, path: str, *, size: int | None = None, etag: str | None = None
+) -> bytes:
+    """``read_bytes`` on a filesystem already open: the path is a key, never parsed as a URL
+    (``::`` or ``?`` in a key would otherwise chain filesystems or select a version)."""
     problem = ""
     for attempt in range(READ_ATTEMPTS):
         if attempt:
-            _log.warning("%s: %s; reading it again", uri, problem)
+            _log.warning("%s: %s; reading it again", fs.unstrip_protocol(path), problem)
             time.sleep(0.2 * attempt)  # a proxy or load balancer cutting bodies may recover
         data, problem = _read_checked(fs, path, size, etag)
         if not problem:
             return data
     raise ItemError(
-        Reason.READ_ERROR, f"{uri}: {problem} (on each of {READ_ATTEMPTS} reads)", "read"
+        Reason.READ_ERROR,
+        f"{fs.unstrip_protocol(path)}: {problem} (on each of {READ_ATTEMPTS} reads)",
+        "read",
     )
 
 

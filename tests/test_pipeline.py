@@ -259,3 +259,17 @@ def test_user_masks_from_files_are_read_matched_and_recorded(ray_local, tmp_path
         with fsspec.open(row.mask_uri, "rb") as handle:
             written = np.asarray(Image.open(handle).convert("L")) > 0
         assert (written == hole.astype(bool)).all()
+
+
+def test_keys_that_look_like_url_syntax_are_read_as_keys(ray_local, tmp_path, tiny_manifest):
+    # fsspec reads "a::b" as a chain of filesystems when it parses a URL: items are read as
+    # root + image_id through one open filesystem, never by parsing their URI again.
+    path = tiny_manifest(count=2)
+    (tmp_path / "images" / "img_001.png").rename(tmp_path / "images" / "shelf::left.png")
+    summary = run(path)
+    assert summary.status == "committed" and summary.items_ok == 2, summary.quarantine_reasons
+    index = read_index(tmp_path / "out")
+    assert "shelf::left.png" in set(index["image_id"])
+    for row in index.itertuples():
+        written = Path(fsspec.core.strip_protocol(row.output_uri)).read_bytes()
+        assert hashlib.sha256(written).hexdigest() == row.output_sha256
