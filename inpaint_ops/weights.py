@@ -141,7 +141,8 @@ def _load_torch_tensors_only(path: Path) -> object:
         raise WeightsError(
             f"{path}: the checkpoint contains Python objects other than tensors "
             f"({_unpickler_reason(exc)}); it was NOT unpickled. Convert it to safetensors "
-            "(in a sandbox, with torch.load(weights_only=False) and safetensors.torch.save_file)"
+            "(in a sandbox: load it with full unpickling, save its tensors with "
+            "safetensors.torch.save_file)"
         ) from None
     except (RuntimeError, EOFError) as exc:  # not a zip archive, truncated, corrupt
         raise WeightsError(

@@ -22,7 +22,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import manifest_text, write_images
+from s3_servers import free_ports
 
 from pipelines.manifest_loader import load_manifest
 from pipelines.ray_plan import THREAD_PINS
@@ -48,9 +48,7 @@ PER_RUN = ["run_id", "elapsed_ms"]  # the only index columns that may differ bet
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
 @dataclass
