@@ -23,6 +23,9 @@ class Reason(StrEnum):
     AUGMENT_ERROR = "augment_error"
     ENCODE_ERROR = "encode_error"
     WRITE_ERROR = "write_error"
+    WORKER_CRASH = "worker_crash"  # the item killed its worker process on every attempt
+    TIMEOUT = "timeout"  # the item ran past compute.item_timeout_s
+    BURNED_IN_ANNOTATION = "burned_in_annotation"  # DICOM says text is burned into the pixels
 
 
 class ItemError(Exception):

@@ -27,6 +27,7 @@ from inpaint_ops.masks.base import MaskContext, MaskResult
 from pipelines import layout
 from pipelines.codec import decode_image, decode_mask, encode_image, encode_mask
 from pipelines.errors import ItemError, Reason, RunError
+from pipelines.faults import strike
 from pipelines.manifest import Manifest, canonical_json
 from pipelines.seeding import rng_for, unit_interval, variant_seed
 from pipelines.sources import filesystem, read_bytes, read_object
@@ -162,6 +163,7 @@ class ItemProcessor:
 
     def _read(self, p: _Prepared) -> None:
         m, item = self.plan.manifest, p.item
+        strike(f"item:{item['image_id']}")  # reliability tests: a poison or hanging item
         with guard("read", Reason.BAD_IMAGE_ID):
             layout.check_image_id(item["image_id"])
         with guard("read", Reason.READ_ERROR):
