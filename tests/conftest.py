@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matrix import ROWS, MatrixFigures, matrix_rows, write_report
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,3 +171,21 @@ def retail_local_index(ray_local, tmp_path_factory):
     assert summary.status == "committed", summary.message
     marker = json.loads((out / "_COMMITTED").read_text())
     return pd.read_parquet(out / marker["index"])
+
+
+@pytest.fixture
+def matrix(request):
+    """Figures of the reliability-matrix row named by the test's ``matrix`` marker."""
+    rows = matrix_rows(request.node)
+    if len(rows) != 1 or rows[0] not in ROWS:
+        raise pytest.UsageError(f"{request.node.nodeid}: mark it @pytest.mark.matrix(ROW)")
+    return MatrixFigures(request.node, rows[0])
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    # one line per test: its call, or the setup that failed or skipped it
+    if matrix_rows(item) and (report.when == "call" or report.outcome != "passed"):
+        write_report(item, report.outcome, round(report.duration, 3))
