@@ -138,9 +138,17 @@ def found_table(entries: Iterable[dict[str, Any]]) -> pa.Table:
 
 
 def etag_of(info: dict[str, Any]) -> str | None:
-    """The ETag a store reported (s3fs ``ETag``, others ``etag``), without its quotes."""
+    """The ETag a store reported (s3fs ``ETag``, others ``etag``), without its quotes.
+
+    Stores without ETags (local files) get ``size-mtime`` instead: a token that changes when
+    the file is rewritten, which is all incremental runs need to tell changed sources apart.
+    """
     value = info.get("ETag") or info.get("etag")
-    return str(value).strip('"') if value else None
+    if value:
+        return str(value).strip('"')
+    if info.get("mtime") is not None:
+        return f"{int(info.get('size') or 0)}-{float(info['mtime'])!r}"
+    return None
 
 
 def uri_prefix(fs: fsspec.AbstractFileSystem, root: str) -> str:

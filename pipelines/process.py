@@ -340,6 +340,9 @@ class ItemProcessor:
             "seed": item.get("seed"),
             "source_uri": item["uri"],
             "source_sha256": item.get("source_sha256"),
+            # what the listing said about the source (ETag, or size and mtime): the next
+            # night compares it to tell unchanged sources from new or changed ones
+            "source_etag": item.get("etag"),
             "run_id": self.plan.run_id,
             "manifest_sha256": self.plan.manifest_sha256,
             "code_version": self.plan.code_version,

@@ -14,6 +14,7 @@ _LINEAGE = [
     pa.field("seed", pa.int64()),
     pa.field("source_uri", pa.string(), nullable=False),
     pa.field("source_sha256", pa.string()),
+    pa.field("source_etag", pa.string()),  # the listing's change token (ETag, or size+mtime)
     pa.field("run_id", pa.string(), nullable=False),
     pa.field("manifest_sha256", pa.string(), nullable=False),
     pa.field("code_version", pa.string(), nullable=False),
