@@ -153,7 +153,8 @@ def test_work_payload_joins_annotations_per_image(tmp_path):
     for item in list_sources(loaded.manifest.source):
         ann = annotations.get(item.image_id)
         boxes, labels = (ann.boxes.tolist(), list(ann.labels)) if ann else ([], [])
-        payload = {"image_id": item.image_id, "uri": item.uri, "size": item.size, "etag": None}
+        payload = {"image_id": item.image_id, "uri": item.uri, "size": item.size}
+        payload["etag"] = item.etag  # size-mtime for local files
         expected.append(payload | {"boxes": boxes, "labels": labels})
     assert work_items(planned) == expected
     assert expected[0]["boxes"] == [[1.0, 2.0, 30.5, 40.0], [5.0, 6.0, 7.0, 8.0]]
