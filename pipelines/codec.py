@@ -18,6 +18,10 @@ How pixels are normalised (the same rules for every container and every call):
 - Multi-frame files (animated WebP, multi-page TIFF) give their first frame.
 - No colour management: ICC profiles are ignored, as most training pipelines do.
 
+DICOM (recognised by "DICM" at byte 128, not by name) is decoded by ``pipelines.dicom``: its
+modality transform, window and MONOCHROME1 inversion are set by a ``DicomSpec``; its metadata is
+never returned.
+
 Size limit: ``max_pixels`` is checked against the declared header size before any pixel is
 decoded, with no global state. Pillow's own process-wide bomb check (``Image.MAX_IMAGE_PIXELS``)
 is bypassed for JPEG, PNG and BMP; its TIFF, WebP and multi-picture JPEG decoders still consult it
@@ -38,9 +42,11 @@ import cv2
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps
 
+from pipelines.dicom import DicomSpec, decode_dicom, is_dicom
 from pipelines.errors import ItemError, Reason
 
-ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "TIFF", "BMP"})
+DICOM = "DICOM"  # not a Pillow format: decoded by pipelines.dicom
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "TIFF", "BMP", DICOM})
 DEFAULT_MAX_PIXELS = 100_000_000
 
 _UINT16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
@@ -60,17 +66,25 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     name: str = "",
     formats: frozenset[str] | None = None,
+    dicom: DicomSpec | None = None,
 ) -> np.ndarray:
     """Decode one source image into ``(H, W, C)`` uint8/uint16 pixels (see the module notes).
 
-    ``formats`` are Pillow format names (default ``ALLOWED_FORMATS``); the container is sniffed
-    from the bytes, never from a file name. ``name`` only labels error details.
+    ``formats`` are Pillow format names or ``DICOM`` (default ``ALLOWED_FORMATS``); the container
+    is sniffed from the bytes, never from a file name. ``name`` only labels error details.
+    ``dicom`` says how DICOM pixels are mapped (default ``DicomSpec()``).
 
     Raises ``ItemError`` with ``empty_object``, ``not_an_image``, ``unsupported_format``,
-    ``decode_error`` or ``too_many_pixels``; ``ValueError`` for an unknown format name.
+    ``decode_error``, ``too_many_pixels`` or (DICOM) ``burned_in_annotation``; ``ValueError``
+    for an unknown format name.
     """
-    openers = _openers(frozenset(formats or ALLOWED_FORMATS))
+    allowed = frozenset(f.upper() for f in formats or ALLOWED_FORMATS)
+    openers = _openers(allowed)
     with _decode_guard(data, name):
+        if is_dicom(data):
+            if DICOM not in allowed:
+                raise ItemError(Reason.UNSUPPORTED_FORMAT, "DICOM is not an allowed format")
+            return decode_dicom(data, max_pixels=max_pixels, spec=dicom or DicomSpec())
         im = _open_checked(data, openers, max_pixels)
         pixels = _decode_with_cv2(data, im)
         if pixels is None:
@@ -184,7 +198,7 @@ def _describe(exc: BaseException) -> str:
 @lru_cache(maxsize=16)
 def _openers(formats: frozenset[str]) -> tuple[Opener, ...]:
     """Pillow's (factory, signature check) for each allowed format, in a fixed order."""
-    wanted = sorted(name.upper() for name in formats)
+    wanted = sorted(name.upper() for name in formats if name.upper() != DICOM)
     if any(name not in Image.OPEN for name in wanted):
         Image.init()  # registers every installed plugin; runs once per process
     unknown = [name for name in wanted if name not in Image.OPEN]

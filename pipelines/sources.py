@@ -32,6 +32,7 @@ from pipelines.listing import (
     uri_prefix,
 )
 from pipelines.manifest import SourceSpec
+from pipelines.pseudonyms import pseudonym_key, pseudonymize
 
 SKU110K_COLUMNS = ("image_name", "x1", "y1", "x2", "y2", "class", "image_width", "image_height")
 
@@ -46,6 +47,9 @@ class SourceItem:
     # As the store reported it, quotes stripped; the md5 of the bytes only for single-part S3
     # uploads (multipart ETags end in "-<parts>", GCS ETags are opaque). None when not known.
     etag: str | None = None
+    # With source.pseudonymize: the real path relative to the root, to read from; image_id and
+    # uri then hold the pseudonym. Never written to a row.
+    source_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,11 @@ def source_table(spec: SourceSpec, *, parallel: bool = True) -> tuple[pa.Table, 
     Read from ``spec.inventory`` when given, else listed under ``spec.uri``; S3 roots are listed
     per sub-prefix in parallel for recursive globs (``parallel=False`` lists serially, as the
     reference the parallel listing must equal).
+
+    With ``spec.pseudonymize`` image_id and uri hold keyed pseudonyms and an extra column,
+    ``source_key``, the real relative path that workers read (``pipelines.pseudonyms``).
     """
+    key = pseudonym_key(spec.pseudonym_key) if spec.pseudonymize and spec.pseudonym_key else None
     fs, root = filesystem(spec.uri, spec.storage_options)
     root = root.rstrip("/")
     selector = Selector(root, uri_prefix(fs, root), spec.glob, spec.extensions)
@@ -115,10 +123,14 @@ def source_table(spec: SourceSpec, *, parallel: bool = True) -> tuple[pa.Table, 
         inventory_fs, path = filesystem(spec.inventory, spec.storage_options)
         for found in read_inventory(inventory_fs, path, spec.inventory, root):
             selector.add(found)
-        return selector.finish(spec.inventory)
-    for found in _listed(fs, root, spec, parallel):
-        selector.add(found)
-    return selector.finish()
+        items, counts = selector.finish(spec.inventory)
+    else:
+        for found in _listed(fs, root, spec, parallel):
+            selector.add(found)
+        items, counts = selector.finish()
+    if key is not None:
+        items = pseudonymize(items, key, spec.extensions, selector.uri_prefix)
+    return items, counts
 
 
 def _listed(
@@ -167,27 +179,35 @@ def read_bytes(
 
 
 def read_object(
-    fs: fsspec.AbstractFileSystem, path: str, *, size: int | None = None, etag: str | None = None
+    fs: fsspec.AbstractFileSystem,
+    path: str,
+    *,
+    size: int | None = None,
+    etag: str | None = None,
+    label: str | None = None,
 ) -> bytes:
     """``read_bytes`` on a filesystem already open: the path is a key, never parsed as a URL
-    (``::`` or ``?`` in a key would otherwise chain filesystems or select a version)."""
+    (``::`` or ``?`` in a key would otherwise chain filesystems or select a version).
+
+    ``label`` names the object in errors and log lines instead of its URI (a pseudonymous
+    source's URI would carry the real name).
+    """
+    label = label or fs.unstrip_protocol(path)
     problem = ""
     for attempt in range(READ_ATTEMPTS):
         if attempt:
-            _log.warning("%s: %s; reading it again", fs.unstrip_protocol(path), problem)
+            _log.warning("%s: %s; reading it again", label, problem)
             time.sleep(0.2 * attempt)  # a proxy or load balancer cutting bodies may recover
-        data, problem = _read_checked(fs, path, size, etag)
+        data, problem = _read_checked(fs, path, size, etag, label)
         if not problem:
             return data
     raise ItemError(
-        Reason.READ_ERROR,
-        f"{fs.unstrip_protocol(path)}: {problem} (on each of {READ_ATTEMPTS} reads)",
-        "read",
+        Reason.READ_ERROR, f"{label}: {problem} (on each of {READ_ATTEMPTS} reads)", "read"
     )
 
 
 def _read_checked(
-    fs: fsspec.AbstractFileSystem, path: str, size: int | None, etag: str | None
+    fs: fsspec.AbstractFileSystem, path: str, size: int | None, etag: str | None, label: str
 ) -> tuple[bytes, str]:
     """One whole read and why its bytes are not the listed object ('' when they are)."""
     from botocore.exceptions import FlexibleChecksumError  # s3fs depends on botocore
@@ -202,31 +222,27 @@ def _read_checked(
         return b"", f"corrupt in transit ({exc})"
     if size and len(data) > size:  # more bytes than listed: no transport fault does that
         raise ItemError(
-            Reason.SOURCE_CHANGED,
-            f"{fs.unstrip_protocol(path)}: {len(data)} bytes now, {size} when listed",
-            "read",
+            Reason.SOURCE_CHANGED, f"{label}: {len(data)} bytes now, {size} when listed", "read"
         )
     if size and len(data) < size:
-        _check_unchanged_size(fs, path, size)
+        _check_unchanged_size(fs, path, size, label)
         return data, f"read {len(data)} bytes but the listing said {size} (cut short)"
     listed = _PLAIN_MD5.fullmatch(etag or "")
     if listed and hashlib.md5(data, usedforsecurity=False).hexdigest() != listed.group(1).lower():
-        _check_unchanged(fs, path, str(etag))
+        _check_unchanged(fs, path, str(etag), label)
     return data, ""
 
 
-def _check_unchanged_size(fs: fsspec.AbstractFileSystem, path: str, size: int) -> None:
+def _check_unchanged_size(fs: fsspec.AbstractFileSystem, path: str, size: int, label: str) -> None:
     """A short body: cut in transit (read again) or a smaller object now (source_changed)?"""
     current = fs.info(path, refresh=True).get("size") if "s3" in fs.protocol else fs.size(path)
     if current is not None and int(current) != size:
         raise ItemError(
-            Reason.SOURCE_CHANGED,
-            f"{fs.unstrip_protocol(path)}: {current} bytes now, {size} when listed",
-            "read",
+            Reason.SOURCE_CHANGED, f"{label}: {current} bytes now, {size} when listed", "read"
         )
 
 
-def _check_unchanged(fs: fsspec.AbstractFileSystem, path: str, etag: str) -> None:
+def _check_unchanged(fs: fsspec.AbstractFileSystem, path: str, etag: str, label: str) -> None:
     """The bytes' md5 is not the listed ETag: was the object replaced, or is it encrypted?
 
     With SSE-KMS or SSE-C even a single-PUT ETag is not the md5 of the content, so the object's
@@ -236,8 +252,7 @@ def _check_unchanged(fs: fsspec.AbstractFileSystem, path: str, etag: str) -> Non
     if current.strip('"').lower() != etag.strip('"').lower():
         raise ItemError(
             Reason.SOURCE_CHANGED,
-            f"{fs.unstrip_protocol(path)}: ETag {current} now, {etag} when listed; "
-            "re-run to pick up the new object",
+            f"{label}: ETag {current} now, {etag} when listed; re-run to pick up the new object",
             "read",
         )
 
