@@ -169,7 +169,9 @@ def run(
         print(json.dumps(summary.as_dict(), indent=2))
     else:
         _print_summary(summary)
-    if summary.status != "committed":
+    if summary.status == "up_to_date":
+        err.print(f"up to date: {summary.message}", highlight=False)
+    elif summary.status != "committed":
         err.print(f"[bold red]run failed:[/] {summary.message}", highlight=False)
         raise typer.Exit(1)
 
@@ -328,6 +330,17 @@ class ProgressBar:
 
 def _print_summary(summary: RunSummary) -> None:
     table = Table(title=f"{summary.name}: {summary.status}", show_header=False)
+    if summary.version is not None:
+        base = f" (from version {summary.base_version})" if summary.base_version else ""
+        table.add_row("version", f"{summary.version}{base}")
+    table.add_row("sources listed", str(summary.items_listed))
+    if summary.items_unchanged or summary.items_removed:
+        table.add_row("unchanged, kept", str(summary.items_unchanged))
+        table.add_row("gone from source, dropped", str(summary.items_removed))
+    if summary.new_generation:
+        table.add_row("", "the recipe changed: every source done again")
+    if summary.items_resumed:
+        table.add_row("resumed", f"{summary.items_resumed} items kept from an interrupted run")
     table.add_row("items in", str(summary.items_in))
     table.add_row("items ok", str(summary.items_ok))
     table.add_row("items quarantined", str(summary.items_quarantined))

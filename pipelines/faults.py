@@ -9,7 +9,8 @@ by one environment variable that production never sets::
 Each entry is ``POINT=ACTION``. Points: ``commit:<step>`` in the driver (see ``sink``),
 ``item:<image_id>`` in a worker before it reads the item. Actions: ``kill`` (SIGKILL itself),
 ``exit`` (``os._exit``: a worker dying like a segfault), ``exit-once:<marker file>`` (exit
-only if the marker does not exist yet, creating it), ``hang`` (sleep forever) and ``raise``.
+only if the marker does not exist yet, creating it), ``hang`` (sleep forever), ``sleep:<s>``
+(pause, e.g. to hold a commit open while another run commits) and ``raise``.
 Unset, a check costs one dictionary lookup.
 """
 
@@ -45,6 +46,8 @@ def strike(point: str) -> None:
         except FileExistsError:
             return
         os._exit(EXIT_CODE)
+    elif action.startswith("sleep:"):
+        time.sleep(float(action.split(":", 1)[1]))
     elif action == "hang":
         while True:
             time.sleep(3600)

@@ -18,18 +18,22 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StrictBool,
     StrictInt,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
 from inpaint_ops.inpainters import InpainterKind, InpainterSpec
 from inpaint_ops.masks import MaskKind
-from pipelines.credentials import literal_secrets
+from pipelines.credentials import is_reference, literal_secrets
+from pipelines.dicom import DicomSpec
 from pipelines.train_spec import TrainSpec
 
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# .dcm is not a default: adding it would change the fingerprint of every existing manifest.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 
 
@@ -63,7 +67,7 @@ class SourceSpec(_Spec):
     )
     extensions: tuple[str, ...] = Field(
         IMAGE_EXTENSIONS,
-        description="Only files with these (case-insensitive) extensions are items.",
+        description="Only files with these (case-insensitive) extensions are items; add .dcm for DICOM files.",
     )
     annotations: KnownUri | None = Field(
         None,
@@ -82,11 +86,56 @@ class SourceSpec(_Spec):
         gt=0,
         description="Images declaring more pixels than this are quarantined (too_many_pixels) before decoding.",
     )
+    dicom: DicomSpec = Field(
+        default_factory=DicomSpec,
+        description="How DICOM files (recognised by their bytes, whatever their name) become pixels: window, output bits, burned-in annotations. Their tags are never copied anywhere.",
+    )
+    pseudonymize: StrictBool = Field(
+        False,
+        description="Replace file and folder names, which can carry patient data (DOE_JOHN_19600101.dcm), by keyed pseudonyms: each path segment becomes 32 hex digits of HMAC-SHA256(pseudonym_key, the path up to it), the extension is kept. image_id, source_uri, keys, error details and log lines then name only the pseudonym; the same key gives the same ids every run, so incremental runs still match items. Annotations and from_files masks are still found by the real path; split.group_pattern sees the pseudonym (a pattern on the first folder still groups by it).",
+    )
+    pseudonym_key: str | None = Field(
+        None,
+        description="The HMAC key for `pseudonymize`, only as a reference to an environment variable: ${MY_PSEUDONYM_KEY} (at least 32 characters, e.g. `openssl rand -hex 32`; needed where the run is planned). A key written into the manifest is refused. Keep it secret and keep it: without it pseudonyms cannot be linked back, and with another key every item is new.",
+    )
 
     @field_validator("extensions")
     @classmethod
     def _lower_dotted(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in value)
+
+    @model_validator(mode="after")
+    def _glob_can_match(self) -> SourceSpec:
+        found = re.search(r"\.[A-Za-z0-9]+$", self.glob)
+        if found and not found.group(0).lower().endswith(self.extensions):
+            raise ValueError(
+                f"source.glob {self.glob!r} can never match: {found.group(0).lower()} is not in "
+                f"source.extensions {list(self.extensions)}; add it there"
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unused_options(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left at their defaults, the DICOM and pseudonym options are not written, so manifests
+        # that predate them keep their fingerprint (a new one would rebuild their datasets).
+        data = handler(self)
+        unused = {"dicom": DicomSpec(), "pseudonymize": False, "pseudonym_key": None}
+        for name, default in unused.items():
+            if name in data and getattr(self, name) == default:
+                del data[name]
+        return data
+
+    @model_validator(mode="after")
+    def _pseudonym_key_by_reference(self) -> SourceSpec:
+        if self.pseudonym_key is not None and not is_reference(self.pseudonym_key):
+            raise ValueError(
+                "source.pseudonym_key must be a reference to an environment variable, "
+                "${MY_PSEUDONYM_KEY}; a key written into the manifest would be copied to every "
+                "worker and into the run record"
+            )
+        if self.pseudonymize and self.pseudonym_key is None:
+            raise ValueError("source.pseudonymize needs source.pseudonym_key: ${MY_PSEUDONYM_KEY}")
+        return self
 
 
 class SplitSpec(_Spec):
@@ -136,7 +185,12 @@ class OutputSpec(_Spec):
     )
     overwrite: StrictBool = Field(
         False,
-        description="Replace an existing synthfill dataset at `uri` (never a folder of other files).",
+        description="Rebuild: process every source again (a new version with no rows carried over) instead of only new and changed ones.",
+    )
+    keep_versions: int = Field(
+        3,
+        ge=1,
+        description="Committed versions whose files are kept; older versions, and outputs only they point to, are removed after a commit.",
     )
 
 
@@ -148,6 +202,11 @@ class ComputeSpec(_Spec):
     cpus_per_actor: float = Field(1, gt=0, description="CPUs reserved per actor.")
     batch_size: int = Field(
         4, ge=1, description="Source images per batch sent to an actor (aim for >= 0.3 s of work)."
+    )
+    checkpoint_s: float = Field(
+        30,
+        ge=0,
+        description="Finished rows are saved to staging at least this often (seconds); a run killed before its commit resumes from the last save.",
     )
     max_error_rate: float = Field(
         0.01,
@@ -255,7 +314,7 @@ _NOT_RECIPE: dict[str, Any] = {
     "train": True,  # changes the weights, whose sha256 is on every row; not this dataset's recipe
     "masks": {"__all__": {"uri"}},  # where from_files masks live
     "source": {"uri", "annotations", "inventory", "storage_options"},
-    "output": {"uri", "storage_options", "overwrite"},
+    "output": {"uri", "storage_options", "overwrite", "keep_versions"},
     # Where weights live and how to reach them; the weights themselves are pinned per row by
     # weights_sha256 (and by the manifest's own pin, which stays in the recipe).
     "inpainter": {"weights", "storage_options"},

@@ -26,9 +26,11 @@ from inpaint_ops.masks import FromFiles, combine
 from inpaint_ops.masks.base import MaskContext, MaskResult
 from pipelines import layout
 from pipelines.codec import decode_image, decode_mask, encode_image, encode_mask
+from pipelines.credentials import access_hint
 from pipelines.errors import ItemError, Reason, RunError
 from pipelines.faults import strike
 from pipelines.manifest import Manifest, canonical_json
+from pipelines.pseudonyms import SOURCE_KEY, scrub
 from pipelines.seeding import rng_for, unit_interval, variant_seed
 from pipelines.sources import filesystem, read_bytes, read_object
 from pipelines.storage import publish_bytes
@@ -164,22 +166,36 @@ class ItemProcessor:
     def _read(self, p: _Prepared) -> None:
         m, item = self.plan.manifest, p.item
         strike(f"item:{item['image_id']}")  # reliability tests: a poison or hanging item
+        # A pseudonymous source is read by its real key; messages name only item["uri"].
+        key = item.get(SOURCE_KEY) or item["image_id"]
         with guard("read", Reason.BAD_IMAGE_ID):
             layout.check_image_id(item["image_id"])
+            layout.check_image_id(key)
         with guard("read", Reason.READ_ERROR):
             try:
                 # Checked against the listing: a body cut short in transit is never decoded.
                 data = read_object(
                     self.source_fs,
-                    layout.join(self.source_root, item["image_id"]),
+                    layout.join(self.source_root, key),
                     size=item.get("size"),
                     etag=item.get("etag"),
+                    label=item["uri"],
                 )
             except FileNotFoundError as exc:
                 raise ItemError(Reason.MISSING, f"{item['uri']} no longer exists", "read") from exc
+            except PermissionError as exc:
+                # Refused credentials (expired, revoked) refuse every item alike: stop the run
+                # with the cause instead of quarantining the whole source as read_error.
+                private = item.get(SOURCE_KEY)  # the message quotes the real path
+                cause = scrub(str(exc), private, item["image_id"]) if private else str(exc)
+                raise RunError(
+                    f"cannot read source {item['uri']}: {cause}" + access_hint(exc)
+                ) from (None if private else exc)
         item["source_sha256"] = hashlib.sha256(data).hexdigest()
         with guard("decode", Reason.DECODE_ERROR):
-            p.image = decode_image(data, max_pixels=m.source.max_pixels, name=item["image_id"])
+            p.image = decode_image(
+                data, max_pixels=m.source.max_pixels, name=item["image_id"], dicom=m.source.dicom
+            )
         p.image.flags.writeable = False  # shared by every fill: an in-place edit is a bug
         with guard("read", Reason.READ_ERROR):
             p.context = self._context(item, p.image)
@@ -248,7 +264,7 @@ class ItemProcessor:
         labels = tuple(item.get("labels") or ())
         user_mask = None
         if self.user_masks is not None:
-            user_mask = self._read_user_mask(item["image_id"])
+            user_mask = self._read_user_mask(item.get(SOURCE_KEY) or item["image_id"])
         return MaskContext(item["image_id"], boxes, labels, user_mask)
 
     def _read_user_mask(self, image_id: str) -> np.ndarray | None:
@@ -352,9 +368,12 @@ class ItemProcessor:
 
     def _quarantine(self, item: dict[str, Any], err: ItemError, start: float) -> dict[str, Any]:
         row = self._lineage(item, "quarantined")
+        detail = err.detail
+        if item.get(SOURCE_KEY):  # an OS or storage error may quote the real path
+            detail = scrub(detail, item[SOURCE_KEY], item["image_id"])
         row.update(
             reason=err.reason.value,
-            error=err.detail[:2000],
+            error=detail[:2000],
             stage=err.stage,
             elapsed_ms=round((time.perf_counter() - start) * 1000, 3),
         )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +16,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from inpaint_ops.weights import WeightsError
+from pipelines import layout
+from pipelines.commit import commit_version
 from pipelines.errors import RunError
+from pipelines.incremental import Delta, diff, everything
 from pipelines.listing import ListingCounts
 from pipelines.manifest import Manifest
 from pipelines.manifest_loader import LoadedManifest
@@ -23,9 +27,12 @@ from pipelines.process import RunPlan
 from pipelines.provenance import code_version, environment, manifest_record
 from pipelines.sink import DatasetSink
 from pipelines.sources import Annotations, SourceItem, load_annotations, source_table
+from pipelines.sweep import clean_up
+from pipelines.versions import Version, VersionConflict, read_record, read_table
 from pipelines.weights import fetch_weights
 
 Progress = Callable[[int, int], None]  # (items done so far, items in total)
+_log = logging.getLogger("synthfill")
 
 
 @dataclass
@@ -46,6 +53,13 @@ class RunSummary:
     timings_s: dict[str, float] = field(default_factory=dict)
     committed: str | None = None
     message: str = ""
+    version: int | None = None  # the version this run committed (or found up to date)
+    base_version: int | None = None  # the version it started from
+    items_listed: int = 0  # sources listed; items_in of them needed processing
+    items_unchanged: int = 0  # carried over from the base version as they were
+    items_removed: int = 0  # in the base version but no longer listed: left out
+    items_resumed: int = 0  # of items_in, finished by an interrupted attempt of this run
+    new_generation: bool = False  # the recipe changed: nothing carried over
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,7 +101,7 @@ def plan_run(loaded: LoadedManifest, limit: int | None = None) -> PlannedRun:
     )
     annotated = unmatched = 0
     if annotations:
-        ids, keys = sources["image_id"], pa.array(list(annotations), pa.string())
+        ids, keys = annotation_keys(sources), pa.array(list(annotations), pa.string())
         annotated = pc.sum(pc.is_in(ids, value_set=keys)).as_py() or 0
         unmatched = len(keys) - (pc.sum(pc.is_in(keys, value_set=ids)).as_py() or 0)
     rows = sources.num_rows * m.variants
@@ -101,10 +115,12 @@ def run_manifest(
     address: str | None = None,
     progress: Progress | None = None,
 ) -> RunSummary:
-    """Execute the manifest end to end.
+    """Execute the manifest: process new and changed sources, commit the next version.
 
-    Returns the summary (status ``committed``, or ``failed`` when too many items were
-    quarantined); raises RunError, with nothing committed, on a fatal problem.
+    Returns the summary (status ``committed``; ``up_to_date`` when no source is new, changed
+    or gone; ``failed`` when too many items were quarantined); raises RunError, with nothing
+    committed, on a fatal problem. An interrupted run with the same recipe and base version is
+    resumed: its finished items are kept, and it keeps its run id.
     """
     m = loaded.manifest
     _refuse_process_local(m.source.uri, m.output.uri)
@@ -113,32 +129,43 @@ def run_manifest(
     check_address(address)  # before listing what may be millions of keys
     started, t0 = datetime.now(UTC), time.perf_counter()
     run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
-    summary = RunSummary(m.name, run_id, "running", m.output.uri)
-    sink = DatasetSink(m.output, run_id)
-    sink.check_target()
-    planned = plan_run(loaded, limit)
-    if not planned.sources.num_rows:
-        raise RunError(_no_items(m, planned.listing))
-    summary.items_in = planned.sources.num_rows
+    sink = DatasetSink(m.output, run_id, m.compute.checkpoint_s)
+    work = plan_work(loaded, sink, limit)
+    summary = RunSummary(m.name, sink.run_id, "running", m.output.uri)
+    _describe(summary, work)
+    if not work.to_process.num_rows and work.up_to_date:
+        if sink.repaired is not None or sink.obsolete_staging(work.base.version):
+            clean_up(sink, work.base)  # a run died after committing: sweep what it left
+        summary.status = "up_to_date"
+        summary.message = f"version {work.base.version} has every listed source; nothing to do"
+        summary.version = work.base.version
+        summary.wall_s = round(time.perf_counter() - t0, 3)
+        return summary
     weights = check_weights(m)
-    plan = RunPlan(m, loaded.fingerprint, run_id, code_version(), weights)
+    plan = RunPlan(m, loaded.fingerprint, sink.run_id, code_version(), weights)
     timings = {"plan": time.perf_counter() - t0}
     record = _record(loaded, summary, started)
+    record["incremental"] = work.describe()
     record["weights"] = {
         spec.label: {"uri": spec.weights_uri(), "sha256": weights[spec.label]}
         for spec in m.inpainters
         if spec.label in weights
     }
-    sink.open()
+    sink.open(loaded.fingerprint, work.base_version, started.isoformat())
+    remaining = sink.adopt(work.to_process)
+    summary.items_resumed = sink.adopted_items
+    record["incremental"]["resumed_items"] = sink.adopted_items
     try:
-        _execute(plan, work_table(planned), sink, address, progress, record, timings)
+        if remaining.num_rows:
+            items = work_table(replace(work.planned, sources=remaining))
+            _execute(plan, items, sink, address, progress, record, timings, sink.adopted_items)
         _count(summary, sink, m.variants * len(m.inpainters))
-    except Exception as exc:  # record why, keep the staged rows for inspection, commit nothing
+    except Exception as exc:  # record why, keep the staged rows for a resume, commit nothing
         summary.status, summary.message = "failed", f"{type(exc).__name__}: {exc}"
         _finish(summary, timings, t0, record)
         sink.abort(record)
-        raise RunError(f"run {run_id} failed: {summary.message}") from exc
-    rate = summary.items_quarantined / summary.items_in
+        raise RunError(f"run {sink.run_id} failed: {summary.message}") from exc
+    rate = summary.items_quarantined / summary.items_in if summary.items_in else 0.0
     if rate > m.compute.max_error_rate:
         summary.status = "failed"
         summary.message = (
@@ -150,9 +177,100 @@ def run_manifest(
         return summary
     summary.status = "committed"
     _finish(summary, timings, t0, record)
-    summary.committed = sink.commit(record)
+    version = _commit(sink, record, work)
+    summary.version = version.version
+    summary.committed = sink.fs.unstrip_protocol(layout.join(sink.root, layout.COMMIT_MARKER))
     summary.timings_s["commit"] = round(time.perf_counter() - t0 - summary.wall_s, 3)
     return summary
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a run has to do relative to the dataset's latest version."""
+
+    planned: PlannedRun
+    base: Version | None
+    delta: Delta
+    carry_over: bool  # the base was made by this recipe: its unchanged rows are kept
+    to_process: pa.Table  # the pending sources this run takes on (after --limit)
+
+    @property
+    def base_version(self) -> int | None:
+        return self.base.version if self.base else None
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.base is not None and self.carry_over and not self.delta.removed
+
+    def describe(self) -> dict[str, Any]:
+        d = self.delta
+        return {
+            "base_version": self.base_version,
+            "carried_over": self.carry_over,
+            "listed": self.planned.sources.num_rows,
+            "new": d.new,
+            "changed": d.changed,
+            "retried": d.retried,
+            "unchanged": d.unchanged,
+            "removed": d.removed,
+            "pending": d.pending.num_rows,
+            "processing": self.to_process.num_rows,
+        }
+
+
+def plan_work(loaded: LoadedManifest, sink: DatasetSink, limit: int | None = None) -> Work:
+    """List sources and compare them with the latest committed version (no pixels read).
+
+    A run that was interrupted with this recipe and base is adopted (the sink takes its run id).
+    """
+    m = loaded.manifest
+    if limit is not None and limit < 1:
+        raise RunError(f"--limit must be at least 1, got {limit}")
+    base = sink.check_target()
+    planned = plan_run(loaded)
+    if not planned.sources.num_rows:
+        raise RunError(_no_items(m, planned.listing))
+    carry = base is not None and base.manifest_sha256 == loaded.fingerprint
+    carry = carry and not m.output.overwrite
+    if carry:
+        assert base is not None
+        ok = read_table(sink.fs, sink.root, base.index, ["image_id", "source_etag"])
+        bad = read_table(sink.fs, sink.root, base.quarantine, ["image_id", "source_etag", "reason"])
+        delta = diff(planned.sources, ok, bad)
+    else:
+        delta = everything(planned.sources)
+    resumed = sink.resumable(loaded.fingerprint, base.version if base else None)
+    if resumed is not None:
+        _log.warning("resuming run %s, interrupted before it committed", resumed)
+        sink.run_id = resumed
+    pending = delta.pending if limit is None else delta.pending.slice(0, limit)
+    return Work(planned, base, delta, carry, pending)
+
+
+def _describe(summary: RunSummary, work: Work) -> None:
+    summary.base_version = work.base_version
+    summary.items_listed = work.planned.sources.num_rows
+    summary.items_unchanged = work.delta.unchanged if work.carry_over else 0
+    summary.items_removed = work.delta.removed if work.carry_over else 0
+    summary.new_generation = work.base is not None and not work.carry_over
+    summary.items_in = work.to_process.num_rows
+
+
+def _commit(sink: DatasetSink, record: dict[str, Any], work: Work) -> Version:
+    number = (work.base_version or 0) + 1
+    try:
+        return commit_version(sink, record, work.base, work.delta, carry_over=work.carry_over)
+    except VersionConflict as exc:
+        raise RunError(str(exc)) from None
+    except Exception as exc:  # the store failed (retries exhausted) or the process is broken
+        mine = read_record(sink.fs, sink.root, number)
+        if mine is not None and mine.run_id == sink.run_id:
+            _log.warning("version %s is committed; publishing its pointer failed: %s", number, exc)
+            return mine
+        raise RunError(
+            f"commit to {sink.output.uri!r} failed and the new version is not committed "
+            f"({type(exc).__name__}: {exc}); run again once the storage is healthy: it resumes"
+        ) from exc
 
 
 def _no_items(m: Manifest, counts: ListingCounts) -> str:
@@ -206,6 +324,7 @@ def _execute(
     progress: Progress | None,
     record: dict[str, Any],
     timings: dict[str, float],
+    already_done: int = 0,
 ) -> None:
     from pipelines.ray_plan import execute, gpus_to_use, ray_session
 
@@ -214,7 +333,8 @@ def _execute(
         gpus = gpus_to_use(plan.manifest.compute.gpus_per_actor)
         record["ray"] = {"address": str(ray_info.get("address")), "gpus_per_actor": gpus}
         timings["ray_init"] = time.perf_counter() - start
-        per_node = _stream(execute(plan, items, gpus), sink, len(items), progress)
+        tables = execute(plan, items, gpus)
+        per_node = _stream(tables, sink, already_done, already_done + len(items), progress)
         record["ray"]["nodes"] = len(per_node)
         record["ray"]["items_per_node"] = dict(sorted(per_node.items()))
         sink.flush()
@@ -223,12 +343,12 @@ def _execute(
 
 
 def _stream(
-    tables: Any, sink: DatasetSink, total: int, progress: Progress | None
+    tables: Any, sink: DatasetSink, done: int, total: int, progress: Progress | None
 ) -> dict[str, int]:
     """Write every work table to the sink; return the items each Ray node processed."""
     from pipelines.ray_plan import NODE_COLUMN
 
-    done, per_node = 0, Counter[str]()
+    per_node = Counter[str]()
     for table in tables:
         sink.add(table.drop_columns([NODE_COLUMN]))
         # every item yields rows all in one batch: distinct ids in a batch are finished items
@@ -249,7 +369,7 @@ def work_table(planned: PlannedRun) -> pa.Table:
     Built column by column: about 100 bytes per item, no Python object per item.
     """
     sources = planned.sources
-    boxes, labels = _annotation_columns(sources["image_id"], planned.annotations)
+    boxes, labels = _annotation_columns(annotation_keys(sources), planned.annotations)
     return sources.append_column("boxes", boxes).append_column("labels", labels)
 
 
@@ -260,6 +380,12 @@ def work_items(planned: PlannedRun) -> list[dict[str, Any]]:
 
 _BOXES = pa.list_(pa.list_(pa.float64()))
 _LABELS = pa.list_(pa.string())
+
+
+def annotation_keys(sources: pa.Table) -> pa.ChunkedArray:
+    """What annotations are matched on: the real relative path (``source_key``) where ids are
+    pseudonyms, else the image_id (the same path)."""
+    return sources["source_key"] if "source_key" in sources.column_names else sources["image_id"]
 
 
 def _annotation_columns(

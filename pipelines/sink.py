@@ -1,237 +1,237 @@
-"""The dataset sink: index and quarantine stream to staging; a commit publishes them.
+"""The dataset sink: rows stream into staged parts; a commit turns them into a new version.
 
-Readers trust only committed data: ``_COMMITTED`` is written last and names the files of the
-committed run. Images and masks are written by the workers under content-stable keys, so a
-retried task rewrites identical bytes.
+Rows arrive from the workers in batches and are written as small Parquet *parts* under
+``_staging/<run_id>/parts/`` (each one a single atomic write), so a run killed at any point
+loses at most the rows of the part being filled: the next run with the same recipe and base
+version adopts the staging, skips the items its parts hold and continues under the same run id.
+Images and masks are written by the workers under content-stable keys, so redone work rewrites
+identical bytes. ``pipelines.commit`` publishes; ``pipelines.versions`` says what is committed.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
+import uuid
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import layout
+from pipelines import layout, versions
 from pipelines.credentials import access_hint
 from pipelines.errors import RunError
 from pipelines.manifest import OutputSpec
-from pipelines.schema import INDEX_SCHEMA, QUARANTINE_SCHEMA, split_work
+from pipelines.schema import WORK_SCHEMA, split_work
 from pipelines.sources import filesystem
-from pipelines.storage import abort_multipart_uploads, publish_bytes
+from pipelines.storage import publish_bytes
 
-ROW_GROUP_ROWS = 16_384  # index rows buffered per Parquet row group (a few MB)
+PART_ROWS = 16_384  # rows per staged part (a few MB; also the index's row-group size)
+PART_SECONDS = 30.0  # ... or fewer, when they took this long: a crash loses at most this much
+PLAN = "plan.json"
+PARTS = "parts"
 
-# "images/3f" and "masks/3f/": the start of every key in one shard folder (layout.shard)
-_SHARD_HEAD = 9
-# Left behind by an uncommitted run: safe to write over without --overwrite.
+# Left behind by an uncommitted run: safe to write over.
 _RESIDUE = {layout.STAGING, layout.IMAGES, layout.MASKS}
-_OURS = {layout.COMMIT_MARKER, layout.RUN_RECORD, layout.INDEX, layout.QUARANTINE} | _RESIDUE
+_OURS = {
+    layout.COMMIT_MARKER,
+    layout.RUN_RECORD,
+    layout.INDEX,
+    layout.QUARANTINE,
+    versions.VERSIONS,
+} | _RESIDUE
 _log = logging.getLogger("synthfill")
 
 
 class DatasetSink:
-    """Writes one run's dataset under ``output.uri``."""
+    """Writes one run's rows under ``output.uri`` and knows the dataset it adds to."""
 
-    def __init__(self, output: OutputSpec, run_id: str) -> None:
+    def __init__(self, output: OutputSpec, run_id: str, checkpoint_s: float = PART_SECONDS) -> None:
         self.output = output
+        self.checkpoint_s = checkpoint_s
         self.fs, root = filesystem(output.uri, output.storage_options)
         self.root = root.rstrip("/")
-        self.staging = layout.join(self.root, f"{layout.STAGING}/{run_id}")
+        self.run_id = run_id
         self.rows_ok = 0
         self.rows_quarantined = 0
         self.reasons: dict[str, int] = {}
         self.index_write_s = 0.0  # time spent encoding and writing Parquet (target G10)
-        self._writers: list[tuple[Any, pq.ParquetWriter]] = []
-        self._buffer: list[pa.Table] = []
-        self._buffered = 0
+        self.parts: list[str] = []  # this run's parts, adopted ones first
+        self.adopted_items = 0  # items an interrupted attempt of this run had finished
         self.aborted_uploads: list[str] = []  # a crashed run's multipart uploads, at commit
         # An output that held nothing can only gain stale files from this run's failed writes.
         self.started_empty = False
+        self.repaired: versions.Version | None = None  # a version whose commit this run finished
+        self._buffer: list[pa.Table] = []
+        self._buffered = 0
+        self._since = time.monotonic()
+        self._writer_tag = uuid.uuid4().hex[:8]  # part names of this process never collide
 
-    def check_target(self) -> None:
-        """Refuse a non-empty output unless it is ours and overwrite was asked (before compute)."""
+    @property
+    def staging(self) -> str:
+        return layout.join(self.root, f"{layout.STAGING}/{self.run_id}")
+
+    def check_target(self) -> versions.Version | None:
+        """The latest committed version (None for an empty folder or a run's leftovers).
+
+        Refuses a folder holding files synthfill did not write. Before compute.
+        """
         try:
             entries = self.fs.ls(self.root, detail=False) if self.fs.exists(self.root) else []
             if not entries:
                 self.started_empty = True
-                return
+                return None
+            names = {entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries}
+            if not names <= _OURS:
+                strangers = sorted(names - _OURS)[:3]
+                raise RunError(
+                    f"output.uri {self.output.uri!r} holds files that synthfill did not write "
+                    f"({', '.join(strangers)}); choose an empty folder"
+                )
+            return self._latest()
+        except RunError:
+            raise
         except Exception as exc:  # unreachable or refusing store: fatal before compute, named
             raise RunError(
                 f"cannot read output.uri {self.output.uri!r}: {type(exc).__name__}: {exc}"
                 + access_hint(exc)
             ) from exc
-        names = {entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries}
-        # Ours but never committed (a failed or interrupted commit): safe to write over.
-        if names <= _RESIDUE or (names <= _OURS and layout.COMMIT_MARKER not in names):
-            return
-        if not names <= _OURS:
-            strangers = sorted(names - _OURS)[:3]
-            raise RunError(
-                f"output.uri {self.output.uri!r} holds files that synthfill did not write "
-                f"({', '.join(strangers)}); choose an empty folder"
-            )
-        if not self.output.overwrite:
-            raise RunError(
-                f"output.uri {self.output.uri!r} already holds a dataset; pass --overwrite "
-                "(or set output.overwrite: true) to replace it, or choose another folder"
-            )
 
-    def open(self) -> None:
-        """Open the staged index and quarantine writers; a replaced dataset stays until commit."""
-        self.fs.makedirs(self.staging, exist_ok=True)
-        self._index = self._writer(layout.INDEX, INDEX_SCHEMA)
-        self._quarantine = self._writer(layout.QUARANTINE, QUARANTINE_SCHEMA)
+    def _latest(self) -> versions.Version | None:
+        latest, behind = versions.latest(self.fs, self.root)
+        if latest is not None and (
+            behind or not versions.latest_copies_current(self.fs, self.root, latest)
+        ):
+            # A run died between its commit record and its pointer or copies: finish its job.
+            _log.warning("%s: completing the commit of version %s", self.output.uri, latest.version)
+            versions.publish_latest(self.fs, self.root, latest)
+            self.repaired = latest
+        return latest
 
-    def _writer(self, name: str, schema: pa.Schema) -> pq.ParquetWriter:
-        handle = self.fs.open(layout.join(self.staging, name), "wb")
-        writer = pq.ParquetWriter(handle, schema, compression="zstd")
-        self._writers.append((handle, writer))
-        return writer
+    def resumable(self, manifest_sha256: str, base: int | None) -> str | None:
+        """The run id of an interrupted run with this recipe and base version, if any."""
+        folder = layout.join(self.root, layout.STAGING)
+        if not self.fs.exists(folder):
+            return None
+        found = []
+        for path in self.fs.ls(folder, detail=False):
+            try:
+                plan = json.loads(self.fs.cat_file(layout.join(path, PLAN)))
+            except (FileNotFoundError, ValueError):
+                continue  # no plan yet (it died at once) or not ours
+            if plan.get("manifest_sha256") == manifest_sha256 and plan.get("base") == base:
+                found.append((plan.get("started_at", ""), plan["run_id"]))
+        return max(found)[1] if found else None
+
+    def obsolete_staging(self, version: int) -> bool:
+        """True when a staging is left that can never commit (based before ``version``)."""
+        folder = layout.join(self.root, layout.STAGING)
+        if not self.fs.exists(folder):
+            return False
+        for path in self.fs.ls(folder, detail=False):
+            try:
+                base = json.loads(self.fs.cat_file(layout.join(path, PLAN))).get("base")
+            except (FileNotFoundError, ValueError):
+                return True
+            if base is None or base < version:
+                return True
+        return False
+
+    def open(self, manifest_sha256: str, base: int | None, started_at: str) -> None:
+        """Start (or continue) this run's staging: its plan says what it may be resumed as."""
+        plan = {"run_id": self.run_id, "manifest_sha256": manifest_sha256, "base": base}
+        path = layout.join(self.staging, PLAN)
+        try:
+            if not self.fs.exists(path):
+                doc = json.dumps({**plan, "started_at": started_at}).encode()
+                publish_bytes(self.fs, path, doc)
+        except Exception as exc:  # the first write of the run: fail before any compute
+            raise RunError(
+                f"cannot write to output.uri {self.output.uri!r} ({type(exc).__name__}: {exc}); "
+                "nothing is committed" + access_hint(exc)
+            ) from exc
+
+    def adopt(self, pending: pa.Table) -> pa.Table:
+        """Take over the parts an interrupted attempt of this run wrote; return what is left.
+
+        A part's rows count only for items still pending with the same change token (a source
+        changed since the crash is done again); items quarantined for a reason worth another
+        attempt (a read error, a timeout...) are done again too.
+        """
+        from pipelines.incremental import RETRIED
+
+        folder = layout.join(self.staging, PARTS)
+        paths = sorted(self.fs.ls(folder, detail=False)) if self.fs.exists(folder) else []
+        paths = [p for p in paths if p.endswith(".parquet")]
+        if not paths:
+            return pending
+        wanted = pc.binary_join_element_wise(pending["image_id"], pending["etag"], "\x00")
+        done: list[pa.Array] = []
+        for path in paths:
+            with self.fs.open(path, "rb") as handle:
+                part = pq.read_table(handle)
+            token = pc.binary_join_element_wise(part["image_id"], part["source_etag"], "\x00")
+            keep = pc.fill_null(pc.is_in(token, value_set=wanted), False)
+            retry = pc.is_in(part["reason"], value_set=pa.array(sorted(RETRIED), pa.string()))
+            part = part.filter(pc.and_(keep, pc.invert(pc.fill_null(retry, False))))
+            self._count(part)
+            done.append(pc.unique(part["image_id"]).cast(pa.string()))
+            self.parts.append(path)
+        ids = pa.chunked_array(done, pa.string())
+        self.adopted_items = len(pc.unique(ids))
+        return pending.filter(pc.invert(pc.is_in(pending["image_id"], value_set=ids)))
 
     def add(self, work: pa.Table) -> None:
-        """Append one batch of work rows (ok rows to the index, the rest to quarantine)."""
+        """Append one batch of work rows; a part is written when enough have gathered."""
         start = time.perf_counter()
-        index, quarantine = split_work(work)
-        if index.num_rows:
-            self._buffer.append(index)
-            self._buffered += index.num_rows
-            if self._buffered >= ROW_GROUP_ROWS:
-                self._flush()
-        if quarantine.num_rows:
-            self._quarantine.write_table(quarantine)
-            for reason in quarantine["reason"].to_pylist():
-                self.reasons[reason] = self.reasons.get(reason, 0) + 1
-        self.rows_ok += index.num_rows
-        self.rows_quarantined += quarantine.num_rows
+        self._count(work)
+        self._buffer.append(work)
+        self._buffered += work.num_rows
+        if self._buffered >= PART_ROWS or time.monotonic() - self._since >= self.checkpoint_s:
+            self._write_part()
         self.index_write_s += time.perf_counter() - start
 
     def flush(self) -> None:
-        """Write the buffered index rows now (timed like every other index write)."""
+        """Write the buffered rows as a part now (timed like every other index write)."""
         start = time.perf_counter()
-        self._flush()
+        self._write_part()
         self.index_write_s += time.perf_counter() - start
 
-    def _flush(self) -> None:
-        # One row group per flush: few large groups read faster than one per batch.
-        if self._buffer:
-            self._index.write_table(pa.concat_tables(self._buffer))
+    def _count(self, work: pa.Table) -> None:
+        ok = pc.sum(pc.equal(work["status"], "ok")).as_py() or 0
+        self.rows_ok += ok
+        self.rows_quarantined += work.num_rows - ok
+        if work.num_rows > ok:
+            for reason in work.filter(pc.not_equal(work["status"], "ok"))["reason"].to_pylist():
+                self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+    def _write_part(self) -> None:
+        self._since = time.monotonic()
+        if not self._buffer:
+            return
+        table = pa.concat_tables(self._buffer).select(WORK_SCHEMA.names).cast(WORK_SCHEMA)
         self._buffer, self._buffered = [], 0
+        data = io.BytesIO()
+        pq.write_table(table, data, compression="zstd", row_group_size=PART_ROWS)
+        name = f"{len(self.parts):06d}-{self._writer_tag}.parquet"
+        path = layout.join(self.staging, f"{PARTS}/{name}")
+        publish_bytes(self.fs, path, data.getvalue())  # all or nothing: a crash loses the part
+        self.parts.append(path)
 
-    def _close(self) -> None:
-        if self._writers:
-            self._flush()
-        for handle, writer in self._writers:
-            writer.close()
-            handle.close()
-        self._writers = []
-
-    def commit(self, record: dict[str, Any]) -> str:
-        """Publish index, quarantine and run record; write the marker last. Returns its URI.
-
-        A replaced dataset loses its marker first, so a reader sees the old dataset, then none,
-        then the new one, never a mix. Files no committed row points to (a replaced dataset's
-        outputs, a failed run's leftovers) are removed before the new marker appears. A storage
-        failure before the marker is written raises RunError: nothing is committed.
-        """
-        try:
-            marker_path = self._publish(record)
-        except Exception as exc:  # the store failed (retries exhausted) or the process is broken
-            raise RunError(
-                f"commit to {self.output.uri!r} failed and the new dataset is not committed "
-                f"({type(exc).__name__}: {exc}); run again once the storage is healthy"
-            ) from exc
-        self._clean_up()
-        return self.fs.unstrip_protocol(marker_path)
-
-    def _publish(self, record: dict[str, Any]) -> str:
-        self._close()
-        marker_path = layout.join(self.root, layout.COMMIT_MARKER)
-        if self.fs.exists(marker_path):
-            self.fs.rm(marker_path)
-        for name in (layout.INDEX, layout.QUARANTINE):
-            self.fs.mv(layout.join(self.staging, name), layout.join(self.root, name))
-        self._put(layout.RUN_RECORD, record)
-        # Listing every output costs a request per 1,000 files: skipped when nothing can be stale.
-        # (a quarantined item may have written files before it failed, or in an earlier attempt)
-        if not self.started_empty or self.rows_quarantined:
-            self._remove_unreferenced()
-        marker = {
-            "run_id": record["run_id"],
-            "index": layout.INDEX,
-            "quarantine": layout.QUARANTINE,
-            "run_record": layout.RUN_RECORD,
-            "rows": self.rows_ok,
-            "manifest_sha256": record["manifest_sha256"],
-        }
-        self._put(layout.COMMIT_MARKER, marker)
-        return marker_path
-
-    def _clean_up(self) -> None:
-        """Remove staging and a crashed run's pending uploads; the dataset is committed already."""
-        staging = layout.join(self.root, layout.STAGING)
-        try:
-            if self.fs.exists(staging):  # in an object store, emptied folders are gone already
-                self.fs.rm(staging, recursive=True)
-            # Nothing of this run is in flight now, so every pending upload under our folders
-            # was left by a killed process: invisible, but stored and billed until aborted.
-            self.aborted_uploads = abort_multipart_uploads(
-                self.fs, self.root, lambda key: key.split("/", 1)[0] in _OURS
-            )
-        except Exception as exc:  # e.g. no s3:ListBucketMultipartUploads permission
-            _log.warning(
-                "%s is committed, but cleaning up after it failed (%s: %s); the next run "
-                "cleans up again",
-                self.output.uri,
-                type(exc).__name__,
-                exc,
-            )
-
-    def _remove_unreferenced(self) -> None:
-        """Delete files under images/ and masks/ that no committed row points to.
-
-        Outputs are listed one shard folder (1/256 of them) at a time and compared with that
-        shard's slice of the referenced keys, which stay one sorted Arrow array: memory and
-        time grow linearly with the dataset (a Python set of every key took ~6x the memory).
-        """
-        keep, spans = self._referenced_by_shard()
-        for folder in (layout.IMAGES, layout.MASKS):
-            path = layout.join(self.root, folder)
-            for shard in self.fs.ls(path, detail=False) if self.fs.exists(path) else []:
-                head = (shard[len(self.root) + 1 :] + "/")[:_SHARD_HEAD]
-                first, last = spans.get(head, (0, 0))
-                found = self.fs.find(shard)
-                listed = pa.array([p[len(self.root) + 1 :] for p in found], pa.large_string())
-                known = pc.is_in(listed, value_set=keep.slice(first, last - first))
-                stale = [found[i] for i in pc.indices_nonzero(pc.invert(known)).to_pylist()]
-                if stale:
-                    self.fs.rm(stale)
-
-    def _referenced_by_shard(self) -> tuple[pa.Array, dict[str, tuple[int, int]]]:
-        """Every key the index points to, sorted, and where each shard's keys start and end."""
-        with self.fs.open(layout.join(self.root, layout.INDEX), "rb") as handle:
-            table = pq.read_table(handle, columns=["output_uri", "mask_uri"])
-        prefix = len(self.fs.unstrip_protocol(self.root).rstrip("/")) + 1
-        # large_string: two keys per row pass 2 GiB of text (int32 offsets) near 24 M rows
-        keys = [pc.utf8_slice_codeunits(col.cast(pa.large_string()), prefix) for col in table]
-        keep = pa.chunked_array([c for col in keys for c in col.chunks], pa.large_string())
-        keep = keep.combine_chunks()
-        keep = keep.take(pc.array_sort_indices(keep))
-        runs = pc.run_end_encode(pc.utf8_slice_codeunits(keep, 0, _SHARD_HEAD))
-        spans, first = {}, 0
-        for head, last in zip(runs.values.to_pylist(), runs.run_ends.to_pylist(), strict=True):
-            spans[head], first = (first, last), last
-        return keep, spans
+    def part_tables(self) -> Any:
+        """The staged rows, part by part, split into (index rows, quarantine rows)."""
+        for path in self.parts:
+            with self.fs.open(path, "rb") as handle:
+                yield split_work(pq.read_table(handle))
 
     def abort(self, record: dict[str, Any]) -> str:
-        """Keep what was staged for inspection, with the failed run's record; commit nothing."""
+        """Keep what was staged (a re-run resumes from it), with the failed run's record."""
         path = layout.join(self.staging, layout.RUN_RECORD)
         try:
-            self._close()
+            self._write_part()
             publish_bytes(self.fs, path, json.dumps(record, indent=2).encode())
         except Exception as exc:  # the store that failed the run may refuse this too
             why = record.get("summary", {}).get("message") or "unknown reason"
@@ -241,6 +241,3 @@ class DatasetSink:
                 f"({type(exc).__name__}: {exc})"
             ) from exc
         return self.fs.unstrip_protocol(path)
-
-    def _put(self, name: str, doc: dict[str, Any]) -> None:
-        publish_bytes(self.fs, layout.join(self.root, name), json.dumps(doc, indent=2).encode())

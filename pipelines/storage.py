@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable
@@ -38,14 +39,56 @@ def publish_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None
     fs.pipe_file(path, data)
 
 
+def create_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` at ``path`` only if nothing is there: FileExistsError otherwise.
+
+    Of two processes creating one path, exactly one succeeds. Local files are written aside
+    and hard-linked into place (a link never replaces a file). Object stores get a conditional
+    PUT (``If-None-Match: *``: AWS S3, MinIO, SeaweedFS and moto honour it).
+    """
+    if is_local(fs):
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+            os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+        return
+    try:
+        fs.pipe_file(path, data, mode="create")
+    except TypeError:  # a store library without create-only writes (no ``mode``)
+        if fs.exists(path):
+            raise FileExistsError(path) from None
+        logging.getLogger("synthfill").warning(
+            "%s cannot write create-only: two runs committing at once are not kept apart",
+            type(fs).__name__,
+        )
+        fs.pipe_file(path, data)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        # Some servers answer 412 Precondition Failed as a plain error (SeaweedFS): if the
+        # object is there now, it is the other writer's.
+        if "pre-condition" in str(exc).lower() or "precondition" in str(exc).lower():
+            raise FileExistsError(path) from exc
+        raise
+
+
 def abort_multipart_uploads(
-    fs: fsspec.AbstractFileSystem, root: str, ours: Callable[[str], bool]
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    ours: Callable[[str], bool],
+    before: float | None = None,
 ) -> list[str]:
     """Abort the pending S3 multipart uploads under ``root`` whose relative key ``ours`` accepts.
 
     A process killed in the middle of a multipart upload leaves it pending: no object is
     visible, but the parts are stored (and billed) until the upload is aborted. Call this only
-    when no upload of your own is in flight. Returns the paths aborted; other stores have none.
+    when no upload of your own is in flight; ``before`` (epoch seconds) spares uploads started
+    later, by a run that may still be going. Returns the paths aborted; other stores have none.
     """
     if "s3" not in fs.protocol:
         return []
@@ -56,6 +99,9 @@ def abort_multipart_uploads(
     while True:
         page = fs.call_s3("list_multipart_uploads", **query)
         for upload in page.get("Uploads", []):
+            started = upload.get("Initiated")
+            if before is not None and started is not None and started.timestamp() >= before:
+                continue
             if ours(upload["Key"][len(prefix) :]):
                 fs.call_s3(
                     "abort_multipart_upload",

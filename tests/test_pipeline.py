@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 
 import fsspec
@@ -90,7 +92,10 @@ def test_retail_rows_drop_the_erased_boxes(ray_local, tmp_path):
         assert len(row.labels) == len(row.boxes)
 
 
-def test_outputs_do_not_depend_on_actor_count_or_batching(ray_local, tmp_path, tiny_manifest):
+@pytest.mark.matrix("D1")
+def test_outputs_do_not_depend_on_actor_count_or_batching(
+    ray_local, tmp_path, tiny_manifest, matrix
+):
     path = tiny_manifest(
         count=6,
         augment="augment: [{HorizontalFlip: {p: 0.5}}, {RandomBrightnessContrast: {p: 0.5}}]",
@@ -107,6 +112,40 @@ def test_outputs_do_not_depend_on_actor_count_or_batching(ray_local, tmp_path, t
         assert ia[column].equals(ib[column]), column
     assert ia["boxes"].map(str).equals(ib["boxes"].map(str))
     assert (ia["output_sha256"] != ic["output_sha256"]).all()
+    # The bytes on disk, not only what the index says about them.
+    files = [
+        (sha256_of(x.output_uri), sha256_of(y.output_uri))
+        for x, y in zip(ia.itertuples(), ib.itertuples(), strict=True)
+    ]
+    mismatches = sum(
+        x != y or x != row for (x, y), row in zip(files, ia["output_sha256"], strict=True)
+    )
+    assert mismatches == 0
+    matrix.record(
+        items_in=6,
+        items_ok=len(ia) // 2,
+        items_quarantined=0,
+        duplicates=int(ia.index.duplicated().sum() + ib.index.duplicated().sum()),
+        canary_hits=0,
+        index_sha256_equal=index_digest(ia) == index_digest(ib),
+        output_sha256_mismatches=mismatches,
+        configurations=["actors=1 batch=1", "actors=2 batch=4"],
+    )
+    assert index_digest(ia) == index_digest(ib)
+
+
+# Columns that name a run or its timing, or the folder it wrote to; everything else in an
+# index is a function of the manifest, the seed and the sources.
+RUN_SPECIFIC = {"run_id", "elapsed_ms", "output_uri", "mask_uri", "inpaint_device"}
+
+
+def index_digest(index: pd.DataFrame) -> str:
+    """sha256 of an index's content, minus run-specific columns, in (image_id, variant) order."""
+    columns = sorted(set(index.columns) - RUN_SPECIFIC)
+    table = index.reset_index().sort_values(["image_id", "variant"])[
+        sorted({*columns, "image_id", "variant"})
+    ]
+    return hashlib.sha256(table.to_json(orient="records").encode()).hexdigest()
 
 
 def test_bad_inputs_are_quarantined_and_counted(ray_local, tmp_path, tiny_manifest):
@@ -135,27 +174,31 @@ def test_bad_inputs_are_quarantined_and_counted(ray_local, tmp_path, tiny_manife
     assert summary.items_quarantined == sum(r is not None for r in expected.values())
 
 
-def test_non_empty_output_is_refused_unless_overwrite(ray_local, tmp_path, tiny_manifest):
+def test_a_rerun_adds_nothing_and_overwrite_rebuilds(ray_local, tmp_path, tiny_manifest):
     path = tiny_manifest(count=2)
     first = run(path)
-    with pytest.raises(RunError, match="already holds a dataset"):
-        run(path)
+    again = run(path)
+    assert (again.status, again.version, again.rows_written) == ("up_to_date", 1, 0)
     second = run(path, "output.overwrite=true")
+    assert (second.version, second.items_in, second.new_generation) == (2, 2, True)
     assert len(read_index(tmp_path / "out")) == first.rows_written == second.rows_written
 
 
-def test_a_commit_that_failed_before_its_marker_can_be_rerun_without_overwrite(
+def test_a_commit_whose_pointer_write_failed_is_completed_by_the_next_run(
     ray_local, tmp_path, tiny_manifest
 ):
     path = tiny_manifest(count=2)
     first = run(path)
-    # the marker PUT failed: index, quarantine and run record are there, _COMMITTED is not
+    # the record was created (committed) but writing the pointer failed, and the run had
+    # left a file behind before it committed
     (tmp_path / "out" / "_COMMITTED").unlink()
     stale = tmp_path / "out" / "images" / "00" / "left-over.png"
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"from the failed run")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
     again = run(path)
-    assert again.status == "committed" and again.rows_written == first.rows_written
+    assert again.status == "up_to_date" and len(read_index(tmp_path / "out")) == first.rows_written
+    assert json.loads((tmp_path / "out/_COMMITTED").read_text())["version"] == 1
     assert not stale.exists()  # nothing no committed row points to survives
 
 
@@ -215,13 +258,12 @@ def test_overwrite_keeps_the_old_dataset_until_the_new_one_commits(
     for row in old.itertuples():
         assert sha256_of(row.output_uri) == row.output_sha256
     (tmp_path / "images" / "broken.png").unlink()
-    run(path, "output.overwrite=true", "seed=99")
+    run(path, "output.overwrite=true", "seed=99", "output.keep_versions=1")
     new = read_index(tmp_path / "out")
-    files = {
-        str(p) for p in (tmp_path / "out").rglob("*") if p.is_file() and p.parent.name != "out"
-    }
+    files = {str(p) for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    files = {f for f in files if "/images/" in f or "/masks/" in f}
     referenced = {fsspec.core.strip_protocol(u) for u in [*new["output_uri"], *new["mask_uri"]]}
-    assert files == referenced  # the replaced dataset's files are gone, nothing orphaned
+    assert files == referenced  # the replaced version's files are gone, nothing orphaned
 
 
 def test_secrets_never_reach_the_run_record_or_index(ray_local, tmp_path, tiny_manifest):
