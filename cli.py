@@ -86,6 +86,7 @@ def plan(
     """Show what a run would do: sources found, rows to write, output location. No compute."""
     from pipelines.run import check_weights, plan_run
     from pipelines.sink import DatasetSink
+    from pipelines.status import pending_status
 
     loaded = _load(manifest, set_)
     m = loaded.manifest
@@ -95,8 +96,17 @@ def plan(
         err.print(f"[bold red]cannot plan:[/] {exc}", highlight=False)
         raise typer.Exit(1) from None
     try:
-        DatasetSink(m.output, "plan").check_target()
-        target = "ok (empty, or a dataset that --overwrite may replace)"
+        latest = DatasetSink(m.output, "plan").check_target(repair=False)
+        target = "empty: version 1 will hold every source"
+        if latest is not None:
+            work = pending_status(loaded)
+            target = (
+                f"version {latest.version}; the next run processes {work['processing']} "
+                f"sources ({work['new']} new, {work['changed']} changed, {work['retried']} "
+                f"retried), keeps {work['unchanged']}, drops {work['removed']}"
+            )
+            if not work["carried_over"]:
+                target += " (new recipe or --overwrite: nothing is kept)"
     except RunError as exc:
         target = f"[yellow]{exc}[/]"
     table = Table(title=f"plan: {m.name}", show_header=False)
@@ -145,13 +155,20 @@ def run(
         typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)."),
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing dataset at output.uri.")
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Process every source again (a new version keeping no rows), not only new and changed ones.",
+        ),
     ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as one JSON document on stdout.")
     ] = False,
 ) -> None:
-    """Run a manifest: read, mask, inpaint, write the dataset and commit it."""
+    """Run a manifest: process new and changed sources, commit the dataset's next version.
+
+    The first run builds version 1. Later runs (a nightly job) process only sources that are new or changed since the latest version and commit the next one; with nothing to do they exit 0 as "up_to_date". A run killed part way is resumed by the next run with the same manifest. `pipeline status` shows versions and pending work.
+    """
     from pipelines.run import run_manifest
 
     loaded = _load(manifest, [*(set_ or []), *(["output.overwrite=true"] if overwrite else [])])
@@ -174,6 +191,83 @@ def run(
     elif summary.status != "committed":
         err.print(f"[bold red]run failed:[/] {summary.message}", highlight=False)
         raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="A dataset (folder or URL, e.g. s3://bucket/synth) or a manifest YAML: "
+            "with a manifest its output is shown, plus the sources a run would process now."
+        ),
+    ],
+    set_: SetOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print everything as one JSON document on stdout.")
+    ] = False,
+) -> None:
+    """Show a dataset's committed versions, interrupted runs and pending work."""
+    from pipelines.manifest import OutputSpec
+    from pipelines.status import dataset_status, pending_status
+
+    is_manifest = target.endswith((".yaml", ".yml")) and Path(target).is_file()
+    loaded = _load(Path(target), set_) if is_manifest else None
+    output = loaded.manifest.output if loaded else OutputSpec(uri=target)
+    try:
+        report = dataset_status(output)
+        if loaded is not None:
+            report["pending"] = pending_status(loaded)
+    except RunError as exc:
+        err.print(f"[bold red]cannot read the dataset:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_status(report)
+
+
+def _print_status(report: dict) -> None:
+    table = Table(title=f"versions of {report['uri']}")
+    for column in ("version", "committed", "run", "items ok", "quarantined", "rows", "recipe"):
+        table.add_column(column)
+    for v in report["versions"]:
+        mark = " (latest)" if v["version"] == report["latest"] else ""
+        fresh = " new recipe" if v.get("new_generation") else ""
+        table.add_row(
+            f"{v['version']}{mark}",
+            v["committed_at"][:19],
+            v["run_id"],
+            str(v["items_ok"]),
+            str(v["items_quarantined"]),
+            str(v["rows"]),
+            v["manifest_sha256"][:12] + fresh,
+        )
+    out.print(table if report["versions"] else "no committed version yet")
+    if report["latest"] is not None and report["pointer"] != report["latest"]:
+        out.print(
+            f"_COMMITTED still names version {report['pointer']} (a run died after committing "
+            f"{report['latest']}); readers see {report['pointer']} until the next run fixes it"
+        )
+    for run in report["interrupted"]:
+        state = "failed" if run["failed"] else "interrupted"
+        out.print(
+            f"{state} run {run['run_id']} (base version {run.get('base')}): {run['parts']} "
+            f"parts, {run['rows']} rows saved; a run with the same recipe resumes from them"
+        )
+    pending = report.get("pending")
+    if pending:
+        out.print(
+            f"pending: {pending['pending']} of {pending['listed']} sources to process "
+            f"({pending['new']} new, {pending['changed']} changed, {pending['retried']} "
+            f"retried after a transient quarantine); {pending['unchanged']} unchanged, "
+            f"{pending['removed']} gone from the source"
+            + (
+                ""
+                if pending["carried_over"] or report["latest"] is None
+                else "; the recipe changed, so the next version is built from scratch"
+            )
+        )
 
 
 @app.command()

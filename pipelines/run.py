@@ -131,6 +131,8 @@ def run_manifest(
     run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     sink = DatasetSink(m.output, run_id, m.compute.checkpoint_s)
     work = plan_work(loaded, sink, limit)
+    if work.resumes is not None:
+        _log.warning("resuming run %s, interrupted before it committed", work.resumes)
     summary = RunSummary(m.name, sink.run_id, "running", m.output.uri)
     _describe(summary, work)
     if not work.to_process.num_rows and work.up_to_date:
@@ -193,6 +195,7 @@ class Work:
     delta: Delta
     carry_over: bool  # the base was made by this recipe: its unchanged rows are kept
     to_process: pa.Table  # the pending sources this run takes on (after --limit)
+    resumes: str | None = None  # the interrupted run this one continues
 
     @property
     def base_version(self) -> int | None:
@@ -218,20 +221,24 @@ class Work:
         }
 
 
-def plan_work(loaded: LoadedManifest, sink: DatasetSink, limit: int | None = None) -> Work:
+def plan_work(
+    loaded: LoadedManifest, sink: DatasetSink, limit: int | None = None, repair: bool = True
+) -> Work:
     """List sources and compare them with the latest committed version (no pixels read).
 
     A run that was interrupted with this recipe and base is adopted (the sink takes its run id).
+    ``repair=False`` only looks (``pipeline plan`` and ``status``).
     """
     m = loaded.manifest
     if limit is not None and limit < 1:
         raise RunError(f"--limit must be at least 1, got {limit}")
-    base = sink.check_target()
+    base = sink.check_target(repair)
     planned = plan_run(loaded)
     if not planned.sources.num_rows:
         raise RunError(_no_items(m, planned.listing))
     carry = base is not None and base.manifest_sha256 == loaded.fingerprint
-    carry = carry and not m.output.overwrite
+    # version 0: a dataset from before versions, without the change tokens to compare
+    carry = carry and not m.output.overwrite and base is not None and base.version > 0
     if carry:
         assert base is not None
         ok = read_table(sink.fs, sink.root, base.index, ["image_id", "source_etag"])
@@ -241,10 +248,9 @@ def plan_work(loaded: LoadedManifest, sink: DatasetSink, limit: int | None = Non
         delta = everything(planned.sources)
     resumed = sink.resumable(loaded.fingerprint, base.version if base else None)
     if resumed is not None:
-        _log.warning("resuming run %s, interrupted before it committed", resumed)
         sink.run_id = resumed
     pending = delta.pending if limit is None else delta.pending.slice(0, limit)
-    return Work(planned, base, delta, carry, pending)
+    return Work(planned, base, delta, carry, pending, resumed)
 
 
 def _describe(summary: RunSummary, work: Work) -> None:

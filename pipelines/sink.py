@@ -74,10 +74,11 @@ class DatasetSink:
     def staging(self) -> str:
         return layout.join(self.root, f"{layout.STAGING}/{self.run_id}")
 
-    def check_target(self) -> versions.Version | None:
+    def check_target(self, repair: bool = True) -> versions.Version | None:
         """The latest committed version (None for an empty folder or a run's leftovers).
 
-        Refuses a folder holding files synthfill did not write. Before compute.
+        Refuses a folder holding files synthfill did not write. Before compute. With
+        ``repair``, finishes the commit of a run that died after its commit record.
         """
         try:
             entries = self.fs.ls(self.root, detail=False) if self.fs.exists(self.root) else []
@@ -91,7 +92,7 @@ class DatasetSink:
                     f"output.uri {self.output.uri!r} holds files that synthfill did not write "
                     f"({', '.join(strangers)}); choose an empty folder"
                 )
-            return self._latest()
+            return self._latest(repair)
         except RunError:
             raise
         except Exception as exc:  # unreachable or refusing store: fatal before compute, named
@@ -100,10 +101,12 @@ class DatasetSink:
                 + access_hint(exc)
             ) from exc
 
-    def _latest(self) -> versions.Version | None:
+    def _latest(self, repair: bool) -> versions.Version | None:
         latest, behind = versions.latest(self.fs, self.root)
-        if latest is not None and (
-            behind or not versions.latest_copies_current(self.fs, self.root, latest)
+        if (
+            repair
+            and latest is not None
+            and (behind or not versions.latest_copies_current(self.fs, self.root, latest))
         ):
             # A run died between its commit record and its pointer or copies: finish its job.
             _log.warning("%s: completing the commit of version %s", self.output.uri, latest.version)
@@ -226,6 +229,25 @@ class DatasetSink:
         for path in self.parts:
             with self.fs.open(path, "rb") as handle:
                 yield split_work(pq.read_table(handle))
+
+    def interrupted(self) -> list[dict[str, Any]]:
+        """Runs that staged rows but never committed: what a re-run would resume or sweep."""
+        folder = layout.join(self.root, layout.STAGING)
+        found = []
+        for path in self.fs.ls(folder, detail=False) if self.fs.exists(folder) else []:
+            try:
+                plan = json.loads(self.fs.cat_file(layout.join(path, PLAN)))
+            except (FileNotFoundError, ValueError):
+                plan = {"run_id": path.rstrip("/").rsplit("/", 1)[-1]}
+            parts = layout.join(path, PARTS)
+            files = self.fs.ls(parts, detail=False) if self.fs.exists(parts) else []
+            rows = 0
+            for part in files:
+                with self.fs.open(part, "rb") as handle:
+                    rows += pq.ParquetFile(handle).metadata.num_rows
+            failed = self.fs.exists(layout.join(path, layout.RUN_RECORD))
+            found.append({**plan, "parts": len(files), "rows": rows, "failed": failed})
+        return found
 
     def abort(self, record: dict[str, Any]) -> str:
         """Keep what was staged (a re-run resumes from it), with the failed run's record."""

@@ -404,3 +404,36 @@ def test_two_runs_at_once_exactly_one_commits(moto_s3, tmp_path, matrix):
 
 def _moto_keys(server) -> dict:
     return {"key": server.access_key, "secret": server.secret_key}
+
+
+def test_status_lists_versions_interrupted_runs_and_pending_work(
+    ray_local, tmp_path, tiny_manifest
+):
+    path = tiny_manifest(count=3)
+    first = run(path)
+    add_images(tmp_path / "images", 3, 2)
+    (tmp_path / "out/_staging/dead-run/parts").mkdir(parents=True)  # a run killed at once
+    done = subprocess.run(
+        [str(ROOT / ".venv/bin/pipeline"), "status", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["latest"] == report["pointer"] == 1
+    assert [v["run_id"] for v in report["versions"]] == [first.run_id]
+    assert report["versions"][0]["items_ok"] == 3
+    assert [r["run_id"] for r in report["interrupted"]] == ["dead-run"]
+    pending = report["pending"]
+    assert (pending["new"], pending["unchanged"], pending["processing"]) == (2, 3, 2)
+    text = subprocess.run(
+        [str(ROOT / ".venv/bin/pipeline"), "status", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert text.returncode == 0 and "interrupted run dead-run" in text.stdout
+    assert first.run_id[:8] in text.stdout
