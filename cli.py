@@ -84,7 +84,8 @@ def plan(
     limit: LimitOpt = None,
 ) -> None:
     """Show what a run would do: sources found, rows to write, output location. No compute."""
-    from pipelines.run import check_weights, plan_run
+    from pipelines.planning import plan_run
+    from pipelines.run import check_weights
     from pipelines.sink import DatasetSink
     from pipelines.status import pending_status
 

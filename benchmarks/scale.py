@@ -203,8 +203,8 @@ def plan_memory(inventory: Path, source: Path, shape: str, batch: int) -> dict[s
     import ray
     import ray.data  # noqa: F401 (imported before the baseline: its import is a fixed cost)
 
+    from pipelines.planning import PlannedRun, work_items, work_table
     from pipelines.ray_plan import block_rows
-    from pipelines.run import PlannedRun, work_items, work_table
 
     ray.init(num_cpus=1, include_dashboard=False, logging_level=logging.WARNING)
     before = rss_mb()

@@ -40,10 +40,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pipelines.manifest_loader import load_manifest  # noqa: E402
+from pipelines.planning import plan_run, work_items  # noqa: E402
 from pipelines.process import ItemProcessor, RunPlan  # noqa: E402
 from pipelines.provenance import code_version  # noqa: E402
 from pipelines.ray_plan import THREAD_PINS, pin_threads  # noqa: E402
-from pipelines.run import plan_run, run_manifest, work_items  # noqa: E402
+from pipelines.run import run_manifest  # noqa: E402
 
 VARIANTS = 2
 

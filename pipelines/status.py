@@ -33,7 +33,7 @@ def dataset_status(output: OutputSpec) -> dict[str, Any]:
 
 def pending_status(loaded: LoadedManifest) -> dict[str, Any]:
     """What ``pipeline run`` of this manifest would process now (lists the sources)."""
-    from pipelines.run import plan_work
+    from pipelines.planning import plan_work
 
     sink = DatasetSink(loaded.manifest.output, "status")
     work = plan_work(loaded, sink, repair=False)

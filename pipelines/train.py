@@ -31,9 +31,9 @@ from pipelines.codec import decode_image
 from pipelines.errors import ItemError, RunError
 from pipelines.manifest import canonical_json
 from pipelines.manifest_loader import LoadedManifest
+from pipelines.planning import plan_run, work_items
 from pipelines.process import assign_split
 from pipelines.provenance import code_version, package_versions
-from pipelines.run import plan_run, work_items
 from pipelines.sources import filesystem, read_bytes
 from pipelines.storage import publish_bytes
 from pipelines.train_spec import TrainSpec

@@ -10,8 +10,8 @@ import pytest
 from pipelines.errors import RunError
 from pipelines.listing import list_in_parallel
 from pipelines.manifest import SourceSpec
+from pipelines.planning import PlannedRun, plan_run, work_items
 from pipelines.ray_plan import MAX_BLOCK_ITEMS, block_rows
-from pipelines.run import PlannedRun, plan_run, work_items
 from pipelines.sources import filesystem, list_sources, load_annotations, read_bytes, source_table
 
 ROOT = Path(__file__).resolve().parent.parent
