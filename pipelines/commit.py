@@ -46,9 +46,11 @@ def commit_version(
     delta: Delta,
     *,
     carry_over: bool,
+    touched: pa.Array | None = None,
 ) -> versions.Version:
     """Publish the run as version base+1 and return it. ``carry_over`` keeps the base's rows
-    for unchanged sources (False when the recipe changed or a rebuild was asked for)."""
+    for unchanged sources (False when the recipe changed or a rebuild was asked for);
+    ``touched`` (the image_ids processed) lets the sweep list only where leftovers can be."""
     fs, root = sink.fs, sink.root
     sink.flush()
     strike("commit:parts")
@@ -77,7 +79,7 @@ def commit_version(
     strike("commit:record")
     versions.publish_latest(fs, root, version)
     strike("commit:copies")
-    clean_up(sink, version)
+    clean_up(sink, version, touched)
     return version
 
 

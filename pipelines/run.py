@@ -116,7 +116,7 @@ def run_manifest(
             _execute(plan, items, sink, address, progress, record, timings, sink.adopted_items)
         _count(summary, sink, m.variants * len(m.inpainters))
     except Exception as exc:  # record why, keep the staged rows for a resume, commit nothing
-        summary.status, summary.message = "failed", f"{type(exc).__name__}: {exc}"
+        summary.status, summary.message = "failed", _reason(exc)
         _finish(summary, timings, t0, record)
         sink.abort(record)
         raise RunError(f"run {sink.run_id} failed: {summary.message}") from exc
@@ -139,6 +139,22 @@ def run_manifest(
     return summary
 
 
+def _reason(exc: BaseException) -> str:
+    """The innermost RunError's words when there is one (a worker's fatal error arrives wrapped
+    in Ray's traceback dump), else the exception's type and message."""
+    found: BaseException | None = exc
+    for _ in range(20):  # a chain, not a loop; bounded all the same
+        if found is None:
+            break
+        original = getattr(found, "cause", None)  # Ray's RayTaskError keeps the original here
+        if isinstance(original, RunError):
+            return str(original)
+        if isinstance(found, RunError) and found is not exc:
+            return str(found).splitlines()[-1]
+        found = found.__cause__
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _describe(summary: RunSummary, work: Work) -> None:
     summary.base_version = work.base_version
     summary.items_listed = work.planned.sources.num_rows
@@ -151,7 +167,10 @@ def _describe(summary: RunSummary, work: Work) -> None:
 def _commit(sink: DatasetSink, record: dict[str, Any], work: Work) -> Version:
     number = (work.base_version or 0) + 1
     try:
-        return commit_version(sink, record, work.base, work.delta, carry_over=work.carry_over)
+        touched = work.to_process["image_id"].combine_chunks()
+        return commit_version(
+            sink, record, work.base, work.delta, carry_over=work.carry_over, touched=touched
+        )
     except VersionConflict as exc:
         raise RunError(str(exc)) from None
     except Exception as exc:  # the store failed (retries exhausted) or the process is broken
@@ -216,7 +235,13 @@ def _execute(
         record["ray"] = {"address": str(ray_info.get("address")), "gpus_per_actor": gpus}
         timings["ray_init"] = time.perf_counter() - start
         tables = execute(plan, items, gpus)
-        per_node = _stream(tables, sink, already_done, already_done + len(items), progress)
+        try:
+            per_node = _stream(tables, sink, already_done, already_done + len(items), progress)
+        finally:
+            # A failed run must not leave Ray's executor (and its actors holding the CPUs)
+            # alive while its error is referenced: the next run in this process would wait
+            # for those CPUs forever.
+            tables.close()
         record["ray"]["nodes"] = len(per_node)
         record["ray"]["items_per_node"] = dict(sorted(per_node.items()))
         sink.flush()

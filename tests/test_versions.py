@@ -437,3 +437,27 @@ def test_status_lists_versions_interrupted_runs_and_pending_work(
     )
     assert text.returncode == 0 and "interrupted run dead-run" in text.stdout
     assert first.run_id[:8] in text.stdout
+
+
+def test_an_abandoned_runs_leftovers_are_swept_at_the_next_commit(
+    ray_local, tmp_path, tiny_manifest
+):
+    path = tiny_manifest(count=2)
+    run(path)
+    out = tmp_path / "out"
+    # a run of another recipe died after writing an output: its staging says so
+    staging = out / "_staging/20260101T000000Z-dead0000"
+    staging.mkdir(parents=True)
+    (staging / "plan.json").write_text(json.dumps({"run_id": "x", "manifest_sha256": "other"}))
+    stray = out / "images/ab/img_009.png__v000-deadbeef.png"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"written by the dead run")
+    for leftover in (stray, staging / "plan.json"):
+        os.utime(leftover, (time.time() - 600, time.time() - 600))
+    add_images(tmp_path / "images", 2, 1)
+    summary = run(path)
+    assert (summary.version, summary.items_in) == (2, 1)
+    assert not stray.exists() and not staging.exists()
+    _, index = committed(out)
+    on_disk = {p.as_uri() for p in (out / "images").rglob("*.png")}
+    assert on_disk == set(index.output_uri)
