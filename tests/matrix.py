@@ -83,3 +83,41 @@ def write_report(item: pytest.Item, outcome: str, duration: float) -> None:
         for row in matrix_rows(item):
             line = {"row": row, "test": item.nodeid, "outcome": outcome, "seconds": duration}
             out.write(json.dumps({**line, "figures": figures}, default=str) + "\n")
+
+
+_COLLECT = """
+import json, sys
+import pytest
+
+class Rows:
+    def pytest_collection_finish(self, session):
+        found = {}
+        for item in session.items:
+            for mark in item.iter_markers("matrix"):
+                found.setdefault(str(mark.args[0]), []).append(item.nodeid)
+        print("MATRIX-ROWS " + json.dumps(found, sort_keys=True), flush=True)
+
+args = ["--collect-only", "-q", "-p", "no:cacheprovider", "-m", "matrix", *sys.argv[1:]]
+sys.exit(pytest.main(args, plugins=[Rows()]))
+"""
+
+
+def collect_rows(root: str, *paths: str) -> tuple[dict[str, list[str]], int, str]:
+    """Which tests guard which row: ``pytest --collect-only -m matrix`` in a subprocess.
+
+    Returns (row -> node ids, pytest's exit code, its output when the rows could not be read).
+    """
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _COLLECT, *(paths or ("tests",))],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("MATRIX-ROWS "):
+            return json.loads(line.removeprefix("MATRIX-ROWS ")), done.returncode, ""
+    return {}, done.returncode, (done.stdout + done.stderr)[-4000:]

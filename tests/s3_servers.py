@@ -294,14 +294,16 @@ class MotoS3:
             self._server = None
 
 
-FAULT_KINDS = ("500", "503", "reset", "truncate", "short")
+FAULT_KINDS = ("500", "503", "403", "reset", "truncate", "short")
 
 
 @dataclass
 class Fault:
-    """A fault for the first ``times`` requests (None: every one) matching method and path.
+    """A fault for ``times`` requests (None: every one) matching method and path, once the
+    first ``after`` of them went through unharmed.
 
-    kinds: ``500`` InternalError; ``503`` SlowDown; ``reset`` the connection is reset after the
+    kinds: ``500`` InternalError; ``503`` SlowDown; ``403`` ExpiredToken (credentials that
+    expired mid-run); ``reset`` the connection is reset after the
     request was read; ``truncate`` the real response with its full Content-Length but only half
     the body, then the connection closes; ``short`` half the body with no Content-Length
     (close-delimited), which a client cannot tell from a whole body.
@@ -311,12 +313,19 @@ class Fault:
     method: str = "*"
     path: str = ""  # regex searched in the request target (path and query)
     times: int | None = 1
+    after: int = 0
     injected: int = 0
+    spared: int = 0  # matching requests let through before the fault began
 
     def matches(self, method: str, target: str) -> bool:
         if self.times is not None and self.injected >= self.times:
             return False
-        return self.method in ("*", method) and re.search(self.path, target) is not None
+        if self.method not in ("*", method) or re.search(self.path, target) is None:
+            return False
+        if self.spared < self.after:
+            self.spared += 1
+            return False
+        return True
 
 
 class FaultProxy:
@@ -340,11 +349,18 @@ class FaultProxy:
         self._thread: threading.Thread | None = None
         self.endpoint_url = ""
 
-    def inject(self, kind: str, method: str = "*", path: str = "", times: int | None = 1) -> Fault:
+    def inject(
+        self,
+        kind: str,
+        method: str = "*",
+        path: str = "",
+        times: int | None = 1,
+        after: int = 0,
+    ) -> Fault:
         """Add a fault rule; rules are tried in the order they were added."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"fault kind must be one of {FAULT_KINDS}, got {kind!r}")
-        fault = Fault(kind, method, path, times)
+        fault = Fault(kind, method, path, times, after)
         with self.lock:
             self.faults.append(fault)
         return fault
@@ -393,6 +409,7 @@ _ERROR_XML = (
 _ERRORS = {
     "500": (500, "InternalError", "We encountered an internal error. Please try again."),
     "503": (503, "SlowDown", "Please reduce your request rate."),
+    "403": (403, "ExpiredToken", "The provided token has expired."),
 }
 
 

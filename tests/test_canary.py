@@ -64,7 +64,10 @@ def ray_tmp():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_secret_by_reference_and_by_profile_leaves_no_trace(canary_inputs, tmp_path, ray_tmp):
+@pytest.mark.matrix("C6")
+def test_secret_by_reference_and_by_profile_leaves_no_trace(
+    canary_inputs, tmp_path, ray_tmp, matrix
+):
     server = canary_inputs
     canary = server.secret_key.encode()
     outputs = []
@@ -117,13 +120,20 @@ def test_secret_by_reference_and_by_profile_leaves_no_trace(canary_inputs, tmp_p
 
     client = server.client()
     written, hits = objects_holding(canary, client, "datasets", "canary-")
+    ray_hits, local_hits = files_holding(canary, ray_tmp), files_holding(canary, tmp_path)
+    said = [text for summary, stderr in outputs for text in (stderr, str(summary))]
+    said_hits = sum(canary.decode() in text for text in said)
+    matrix.record(
+        canary_hits=len(hits) + len(ray_hits) + len(local_hits) + said_hits,
+        objects_searched=written,
+        ray_session_files_searched=sum(1 for p in ray_tmp.rglob("*") if p.is_file()),
+        runs=len(outputs),
+    )
     assert written >= 2 * (2 + 4)  # two datasets: 2 images + 2 masks + index, quarantine, record...
     assert hits == []
     assert any(ray_tmp.rglob("*.log")) or any(ray_tmp.rglob("*.out"))  # Ray's logs were searched
-    assert files_holding(canary, ray_tmp) == []
-    assert files_holding(canary, tmp_path) == []
-    for summary, stderr in outputs:
-        assert canary.decode() not in stderr
-        assert canary.decode() not in str(summary)
+    assert ray_hits == []
+    assert local_hits == []
+    assert said_hits == 0
     record = client.get_object(Bucket="datasets", Key="canary-ref/run.json")["Body"].read()
     assert b"${SF_TEST_SECRET}" in record  # the reference is recorded, the value is not

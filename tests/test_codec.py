@@ -73,7 +73,8 @@ def test_error_detail_keeps_the_message_and_is_stable(fixtures) -> None:
         decode_image((folder / "malformed.tif").read_bytes())
 
 
-def test_bomb_is_rejected_fast_with_little_memory(tmp_path: Path) -> None:
+@pytest.mark.matrix("I4")
+def test_bomb_is_rejected_fast_with_little_memory(tmp_path: Path, matrix) -> None:
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(badinputs.png_bomb(20_000, 20_000))
     assert len(bomb.read_bytes()) < 100_000
@@ -110,16 +111,25 @@ def test_bomb_is_rejected_fast_with_little_memory(tmp_path: Path) -> None:
     assert figures["reason"] == Reason.TOO_MANY_PIXELS.value
     assert figures["seconds"] < 1.0
     assert figures["rss_kib"] < 100 * 1024
+    matrix.record(
+        reason=figures["reason"],
+        seconds=round(figures["seconds"], 4),
+        peak_rss_delta_mb=round(figures["rss_kib"] / 1024, 1),
+        bomb_bytes=len(bomb.read_bytes()),
+        declared_pixels=20_000 * 20_000,
+    )
 
 
+@pytest.mark.matrix("I3")
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
-def test_cut_files_are_quarantined_or_identical(fmt: str) -> None:
+def test_cut_files_are_quarantined_or_identical(fmt: str, matrix) -> None:
     data = badinputs.encoded(badinputs.photo(), fmt, **({"quality": 90} if fmt == "JPEG" else {}))
     whole = decode_image(data)
     cuts = sorted(
         set(range(1, len(data), max(1, len(data) // 150))) | set(range(len(data) - 16, len(data)))
     )
     identical = quarantined = 0
+    different = []
     for cut in cuts:
         try:
             pixels = decode_image(data[:cut])
@@ -129,8 +139,18 @@ def test_cut_files_are_quarantined_or_identical(fmt: str) -> None:
             assert exc.reason in allowed, (cut, exc)
             quarantined += 1
             continue
-        assert np.array_equal(pixels, whole), f"cut at {cut} decoded to different pixels"
-        identical += 1
+        if np.array_equal(pixels, whole):
+            identical += 1
+        else:
+            different.append(cut)
+    matrix.record(
+        format=fmt,
+        cuts=len(cuts),
+        quarantined=quarantined,
+        identical=identical,
+        silently_different=len(different),
+    )
+    assert different == [], f"cuts at {different[:10]} decoded to different pixels"
     assert identical + quarantined == len(cuts)
     if fmt == "PNG":
         assert identical > 0  # losing only IEND costs no pixels
