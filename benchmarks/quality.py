@@ -44,8 +44,8 @@ from inpaint_ops.masks.damage import FreeForm  # noqa: E402
 from inpaint_ops.metrics import masked_psnr, masked_ssim  # noqa: E402
 from pipelines.codec import decode_image  # noqa: E402
 from pipelines.manifest_loader import load_manifest  # noqa: E402
-from pipelines.process import assign_split  # noqa: E402
 from pipelines.planning import plan_run  # noqa: E402
+from pipelines.process import assign_split  # noqa: E402
 from pipelines.sources import read_bytes  # noqa: E402
 
 HOLES = (0.25, 0.40)
