@@ -426,7 +426,9 @@ class ProgressBar:
 def _print_summary(summary: RunSummary) -> None:
     table = Table(title=f"{summary.name}: {summary.status}", show_header=False)
     if summary.version is not None:
-        base = f" (from version {summary.base_version})" if summary.base_version else ""
+        base = ""
+        if summary.base_version and summary.base_version != summary.version:
+            base = f" (from version {summary.base_version})"
         table.add_row("version", f"{summary.version}{base}")
     table.add_row("sources listed", str(summary.items_listed))
     if summary.items_unchanged or summary.items_removed:
@@ -436,6 +438,10 @@ def _print_summary(summary: RunSummary) -> None:
         table.add_row("", "the recipe changed: every source done again")
     if summary.items_resumed:
         table.add_row("resumed", f"{summary.items_resumed} items kept from an interrupted run")
+    if summary.status == "up_to_date":
+        table.add_row("output", summary.output_uri)
+        out.print(table)
+        return
     table.add_row("items in", str(summary.items_in))
     table.add_row("items ok", str(summary.items_ok))
     table.add_row("items quarantined", str(summary.items_quarantined))
