@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,7 +26,7 @@ import pyarrow.parquet as pq
 
 from pipelines import layout
 from pipelines.faults import strike
-from pipelines.storage import create_bytes, publish_bytes
+from pipelines.storage import create_bytes, is_local, publish_bytes
 
 VERSIONS = "versions"
 # Columns that say when and by which run a row was made, not what it is: left out of digests.
@@ -155,8 +158,26 @@ def publish_latest(fs: fsspec.AbstractFileSystem, root: str, version: Version) -
         (version.run_record, layout.RUN_RECORD),
     )
     for source, name in copies:
-        if source != name:  # a store-side copy: one request, no bytes through this process
-            fs.copy(layout.join(root, source), layout.join(root, name))
+        if source != name:
+            replace_with_copy(fs, layout.join(root, source), layout.join(root, name))
+
+
+def replace_with_copy(fs: fsspec.AbstractFileSystem, source: str, target: str) -> None:
+    """Make ``target`` a copy of ``source`` in one step: a reader sees the old or the new file.
+
+    Object stores copy server-side in one request (CopyObject is atomic); a local copy is
+    written beside the target and renamed over it.
+    """
+    if not is_local(fs):
+        fs.copy(source, target)
+        return
+    tmp = f"{target}.{uuid.uuid4().hex}.tmp"
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def latest_copies_current(fs: fsspec.AbstractFileSystem, root: str, version: Version) -> bool:
