@@ -86,6 +86,8 @@ class DatasetSink:
                 self.started_empty = True
                 return None
             names = {entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries}
+            # a local write killed before its rename leaves ".<name>.<hex>.tmp" beside it
+            names = {n for n in names if not (n.startswith(".") and n.endswith(".tmp"))}
             if not names <= _OURS:
                 strangers = sorted(names - _OURS)[:3]
                 raise RunError(

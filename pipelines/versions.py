@@ -171,7 +171,8 @@ def replace_with_copy(fs: fsspec.AbstractFileSystem, source: str, target: str) -
     if not is_local(fs):
         fs.copy(source, target)
         return
-    tmp = f"{target}.{uuid.uuid4().hex}.tmp"
+    folder, name = os.path.split(target)
+    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")  # as storage.publish_bytes
     try:
         shutil.copyfile(source, tmp)
         os.replace(tmp, target)
