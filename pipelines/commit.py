@@ -32,7 +32,7 @@ from pipelines import layout, versions
 from pipelines.faults import strike
 from pipelines.incremental import Delta
 from pipelines.schema import INDEX_SCHEMA, QUARANTINE_SCHEMA
-from pipelines.sink import PART_ROWS, DatasetSink
+from pipelines.sink import DatasetSink
 from pipelines.storage import publish_bytes
 from pipelines.sweep import clean_up
 
@@ -123,9 +123,11 @@ def _kept(sink: DatasetSink, key: str, ids: pa.Array) -> Iterator[pa.Table]:
     """The base version's rows for ``ids``, a row group at a time."""
     if not len(ids):
         return
-    with sink.fs.open(layout.join(sink.root, key), "rb") as handle:
-        for batch in pq.ParquetFile(handle).iter_batches(batch_size=PART_ROWS):
-            table = pa.Table.from_batches([batch])
+    path = layout.join(sink.root, key)
+    # row group by row group, in this thread (see versions.read_parquet)
+    with sink.fs.open(path, "rb") as handle, pq.ParquetFile(handle) as parquet:
+        for group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(group)
             table = table.filter(pc.is_in(table["image_id"], value_set=ids))
             if table.num_rows:
                 yield table

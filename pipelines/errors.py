@@ -26,6 +26,7 @@ class Reason(StrEnum):
     WORKER_CRASH = "worker_crash"  # the item killed its worker process on every attempt
     TIMEOUT = "timeout"  # the item ran past compute.item_timeout_s
     BURNED_IN_ANNOTATION = "burned_in_annotation"  # DICOM says text is burned into the pixels
+    UNEXPECTED_ERROR = "unexpected_error"  # an exception no stage expected: a bug to report
 
 
 class ItemError(Exception):

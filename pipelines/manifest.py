@@ -203,6 +203,16 @@ class ComputeSpec(_Spec):
     batch_size: int = Field(
         4, ge=1, description="Source images per batch sent to an actor (aim for >= 0.3 s of work)."
     )
+    item_timeout_s: float = Field(
+        600,
+        gt=0,
+        description="Longest an item may take (read, fill, write); past it the worker is restarted and the item quarantined as `timeout`. A batch gets batch_size times this.",
+    )
+    max_item_attempts: int = Field(
+        2,
+        ge=1,
+        description="An item that kills its worker process this many times when run on its own is quarantined as `worker_crash` (a poison image), so the run always ends.",
+    )
     checkpoint_s: float = Field(
         30,
         ge=0,

@@ -165,7 +165,8 @@ class ItemProcessor:
 
     def _read(self, p: _Prepared) -> None:
         m, item = self.plan.manifest, p.item
-        strike(f"item:{item['image_id']}")  # reliability tests: a poison or hanging item
+        with guard("read", Reason.UNEXPECTED_ERROR):
+            strike(f"item:{item['image_id']}")  # reliability tests: poison, hung, failing items
         # A pseudonymous source is read by its real key; messages name only item["uri"].
         key = item.get(SOURCE_KEY) or item["image_id"]
         with guard("read", Reason.BAD_IMAGE_ID):
@@ -365,6 +366,13 @@ class ItemProcessor:
             "status": status,
             "error": None,
         }
+
+    def quarantine_row(
+        self, item: dict[str, Any], reason: Reason, detail: str, stage: str
+    ) -> dict[str, Any]:
+        """The quarantine row for an item stopped outside its own processing (a worker that
+        died on it, a time limit, an exception no stage expected)."""
+        return self._quarantine(dict(item), ItemError(reason, detail, stage), time.perf_counter())
 
     def _quarantine(self, item: dict[str, Any], err: ItemError, start: float) -> dict[str, Any]:
         row = self._lineage(item, "quarantined")

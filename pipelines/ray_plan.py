@@ -19,15 +19,18 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipelines.errors import RunError
+from pipelines.errors import Reason, RunError
+from pipelines.faults import ENV as FAULTS_ENV
 from pipelines.process import ItemProcessor, RunPlan
 from pipelines.schema import rows_to_table
+from pipelines.supervision import Watchdog, create_ledger, ledger_stats
 
 # Library thread pools are pinned to one thread per worker; parallelism comes from processes.
 THREAD_PINS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 # Work tables carry the Ray node that made them; the driver counts it for the run record and
 # drops it before the sink, so a cluster run's index equals a local run's.
 NODE_COLUMN = "node_id"
+LEDGER_TIMEOUT_S = 60  # a ledger that does not answer within this fails the task
 BLOCKS_PER_ACTOR = 16
 MAX_BLOCK_ITEMS = 1024
 # Set by Ray's job supervisor in a submitted job's driver: the job's JobConfig as JSON.
@@ -44,19 +47,76 @@ def pin_threads() -> None:
 
 
 class InpaintActor:
-    """A Ray Data callable class: loads the inpainter once, processes batches of items."""
+    """A Ray Data callable class: loads the inpainter once, processes batches of items.
 
-    def __init__(self, plan: RunPlan, device: str) -> None:
+    Every batch is announced to the run's ledger and guarded by a watchdog
+    (``pipelines.supervision``): a retried batch (a worker died on it) runs item by item, and
+    an item that keeps killing its worker, or runs past ``item_timeout_s``, is quarantined.
+    """
+
+    def __init__(self, plan: RunPlan, device: str, ledger: str) -> None:
         import ray
 
         pin_threads()
         self.processor = ItemProcessor(plan, device=device)
         pin_threads()  # again: loading a model imports torch, which starts a thread per core
         self.node_id = ray.get_runtime_context().get_node_id()
+        self.ledger = ray.get_actor(ledger)
+        self.timeout = plan.manifest.compute.item_timeout_s
+        self.watchdog = Watchdog(self.ledger)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        table = rows_to_table(self.processor.process(batch.to_pylist()))
+        import ray
+
+        items = batch.to_pylist()
+        ids = [item["image_id"] for item in items]
+        retry = ray.get(self.ledger.begin_batch.remote(ids), timeout=LEDGER_TIMEOUT_S)
+        rows = self._one_by_one(items) if retry else self._guarded(items)
+        self.ledger.finish.remote(ids)
+        table = rows_to_table(rows)
         return table.append_column(NODE_COLUMN, pa.repeat(self.node_id, table.num_rows))
+
+    def _one_by_one(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        import ray
+
+        rows = []
+        for item in items:
+            ask = self.ledger.begin_item.remote(item["image_id"])
+            verdict = ray.get(ask, timeout=LEDGER_TIMEOUT_S)
+            if verdict is not None:
+                rows.append(self._stopped(item, Reason(verdict)))
+                continue
+            rows.extend(self._guarded([item]))
+            self.ledger.finish.remote([item["image_id"]])
+        return rows
+
+    def _guarded(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        alone = items[0]["image_id"] if len(items) == 1 else None
+        self.watchdog.arm(self.timeout * len(items), alone)
+        try:
+            return self._safely(items)
+        finally:
+            self.watchdog.disarm()
+
+    def _safely(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Process items; an exception no stage caught costs only the item it came from."""
+        try:
+            return self.processor.process(items)
+        except RunError:
+            raise
+        except Exception as exc:  # a bug outside every guard: never drop the block's rows
+            if len(items) > 1:
+                return [row for item in items for row in self._safely([item])]
+            detail = f"{type(exc).__name__}: {exc}"
+            return [self.processor.quarantine_row(items[0], Reason.UNEXPECTED_ERROR, detail, "")]
+
+    def _stopped(self, item: dict[str, Any], reason: Reason) -> dict[str, Any]:
+        if reason is Reason.TIMEOUT:
+            detail = f"ran longer than compute.item_timeout_s ({self.timeout:g} s)"
+        else:
+            attempts = self.processor.plan.manifest.compute.max_item_attempts
+            detail = f"its worker process died each of the {attempts} times it ran on its own"
+        return self.processor.quarantine_row(item, reason, detail, "supervision")
 
 
 class _QuietRay(logging.Filter):
@@ -123,6 +183,8 @@ def runtime_env_for(address: str | None) -> dict[str, Any]:
     """
     job = json.loads(os.environ.get(JOB_CONFIG_VAR) or "{}").get("runtime_env") or {}
     pins = {k: v for k, v in THREAD_PINS.items() if k not in job.get("env_vars", {})}
+    if os.environ.get(FAULTS_ENV):  # the reliability tests' fault plan reaches every worker
+        pins[FAULTS_ENV] = os.environ[FAULTS_ENV]
     runtime_env: dict[str, Any] = {"env_vars": pins} if pins else {}
     if (address or os.environ.get("RAY_ADDRESS")) and "py_modules" not in job:
         import inpaint_ops
@@ -179,8 +241,15 @@ def gpus_to_use(requested: float) -> float:
     return requested
 
 
-def execute(plan: RunPlan, items: pa.Table, gpus: float) -> Iterator[pa.Table]:
-    """Run every item (a row of ``run.work_table``) through the actor pool; yield work tables."""
+def execute(
+    plan: RunPlan, items: pa.Table, gpus: float, report: dict[str, Any] | None = None
+) -> Iterator[pa.Table]:
+    """Run every item (a row of ``run.work_table``) through the actor pool; yield work tables.
+
+    ``report`` receives the supervision counts (retried batches, worker_crash, timeout) at the
+    end. Every wait is bounded: Ray Data fails the run when nothing moves for longer than the
+    slowest batch may take (``no_progress_timeout_s``).
+    """
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -189,18 +258,36 @@ def execute(plan: RunPlan, items: pa.Table, gpus: float) -> Iterator[pa.Table]:
     ctx.enable_progress_bars = False  # the CLI draws one bar for the whole run
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
+    ctx.execution_no_progress_timeout_s = no_progress_timeout_s(compute)
     rows = block_rows(items.num_rows, compute.batch_size, compute.actors)
     blocks = max(math.ceil(items.num_rows / rows), 1)
-    # Slices share the table's buffers; each goes to the object store as one block.
-    dataset = ray.data.from_arrow([items.slice(i * rows, rows) for i in range(blocks)])
-    quiet_ray_logs()
-    dataset = dataset.map_batches(
-        InpaintActor,
-        fn_constructor_kwargs={"plan": plan, "device": "cuda" if gpus else "cpu"},
-        batch_size=compute.batch_size,
-        batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=min(compute.actors, blocks)),
-        num_cpus=compute.cpus_per_actor,
-        num_gpus=gpus or None,
-    )
-    yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+    name = f"synthfill-ledger-{plan.run_id}-{os.getpid()}"
+    ledger = create_ledger(name, compute.max_item_attempts)
+    try:
+        # Slices share the table's buffers; each goes to the object store as one block.
+        dataset = ray.data.from_arrow([items.slice(i * rows, rows) for i in range(blocks)])
+        quiet_ray_logs()
+        dataset = dataset.map_batches(
+            InpaintActor,
+            fn_constructor_kwargs={
+                "plan": plan,
+                "device": "cuda" if gpus else "cpu",
+                "ledger": name,
+            },
+            batch_size=compute.batch_size,
+            batch_format="pyarrow",
+            compute=ActorPoolStrategy(size=min(compute.actors, blocks)),
+            num_cpus=compute.cpus_per_actor,
+            num_gpus=gpus or None,
+        )
+        yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+    finally:
+        stats = ledger_stats(ledger)
+        if report is not None:
+            report["supervision"] = stats
+
+
+def no_progress_timeout_s(compute: Any) -> float:
+    """How long the whole pool may show no progress before the run fails: a batch running to
+    its time limit, plus an actor restart, twice over (never less than ten minutes)."""
+    return max(600.0, 2 * (compute.item_timeout_s * compute.batch_size + 120))

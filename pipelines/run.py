@@ -234,7 +234,7 @@ def _execute(
         gpus = gpus_to_use(plan.manifest.compute.gpus_per_actor)
         record["ray"] = {"address": str(ray_info.get("address")), "gpus_per_actor": gpus}
         timings["ray_init"] = time.perf_counter() - start
-        tables = execute(plan, items, gpus)
+        tables = execute(plan, items, gpus, record["ray"])
         try:
             per_node = _stream(tables, sink, already_done, already_done + len(items), progress)
         finally:

@@ -176,8 +176,7 @@ class DatasetSink:
         wanted = pc.binary_join_element_wise(pending["image_id"], pending["etag"], "\x00")
         done: list[pa.Array] = []
         for path in paths:
-            with self.fs.open(path, "rb") as handle:
-                part = pq.read_table(handle)
+            part = versions.read_parquet(self.fs, path)
             token = pc.binary_join_element_wise(part["image_id"], part["source_etag"], "\x00")
             keep = pc.fill_null(pc.is_in(token, value_set=wanted), False)
             retry = pc.is_in(part["reason"], value_set=pa.array(sorted(RETRIED), pa.string()))
@@ -229,8 +228,7 @@ class DatasetSink:
     def part_tables(self) -> Any:
         """The staged rows, part by part, split into (index rows, quarantine rows)."""
         for path in self.parts:
-            with self.fs.open(path, "rb") as handle:
-                yield split_work(pq.read_table(handle))
+            yield split_work(versions.read_parquet(self.fs, path))
 
     def interrupted(self) -> list[dict[str, Any]]:
         """Runs that staged rows but never committed: what a re-run would resume or sweep."""

@@ -193,8 +193,21 @@ def latest_copies_current(fs: fsspec.AbstractFileSystem, root: str, version: Ver
 def read_table(
     fs: fsspec.AbstractFileSystem, root: str, key: str, columns: list[str] | None = None
 ) -> pa.Table:
-    with fs.open(layout.join(root, key), "rb") as handle:
-        return pq.read_table(handle, columns=columns)
+    """One Parquet file of the dataset (``key`` relative to ``root``)."""
+    return read_parquet(fs, layout.join(root, key), columns)
+
+
+def read_parquet(
+    fs: fsspec.AbstractFileSystem, path: str, columns: list[str] | None = None
+) -> pa.Table:
+    """Read a Parquet file through fsspec in this thread.
+
+    Not ``pq.read_table(handle)``: its dataset scanner releases the Python file object from
+    a background thread, which at interpreter exit aborts the process (seen as exit code -6
+    after a successful run).
+    """
+    with fs.open(path, "rb") as handle, pq.ParquetFile(handle) as parquet:
+        return parquet.read(columns=columns)
 
 
 def index_digest(table: pa.Table, root_uri: str | None = None) -> str:

@@ -1,0 +1,140 @@
+"""Poison, hung and failing items, and a killed actor: real processes dying on real items.
+
+Each run is a `pipeline run` subprocess with its own Ray, so the fault plan
+(SYNTHFILL_FAULTS, pipelines/faults.py) reaches the workers that process the items.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import manifest_text, pipeline_cli, write_images
+
+from pipelines.versions import index_digest
+
+pytestmark = pytest.mark.slow
+ITEMS = 6
+COMPUTE = (
+    "compute: {actors: 2, batch_size: 2, max_error_rate: 0.5, item_timeout_s: %s, "
+    "max_item_attempts: 2}"
+)
+
+
+def run_with(tmp: Path, name: str, faults: str = "", timeout_s: float = 60) -> dict:
+    """One run over the shared images; returns the summary, run record and committed index."""
+    path = tmp / f"{name}.yaml"
+    path.write_text(manifest_text(tmp / "images", tmp / name, compute=COMPUTE % timeout_s))
+    start = time.monotonic()
+    code, summary, stderr = pipeline_cli(
+        str(path), env={"SYNTHFILL_FAULTS": faults} if faults else {}, timeout=300
+    )
+    wall = time.monotonic() - start
+    assert code == 0, stderr[-3000:]
+    record = json.loads((tmp / name / "run.json").read_text())
+    index = pq.read_table(tmp / name / "index.parquet")
+    quarantine = pq.read_table(tmp / name / "quarantine.parquet").to_pylist()
+    return {
+        "summary": summary,
+        "record": record,
+        "index": index,
+        "quarantine": quarantine,
+        "wall": wall,
+        "digest": index_digest(index, (tmp / name).as_uri()),
+        "root": (tmp / name).as_uri(),
+    }
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("poison")
+    write_images(tmp / "images", ITEMS)
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def clean(images) -> dict:
+    return run_with(images, "clean")
+
+
+def others_untouched(result: dict, clean: dict, poisoned: str) -> bool:
+    """Every other item's rows equal the clean run's."""
+    import pyarrow.compute as pc
+
+    def without(table):
+        return table.filter(pc.not_equal(table["image_id"], poisoned))
+
+    mine, theirs = without(result["index"]), without(clean["index"])
+    return index_digest(mine, result["root"]) == index_digest(theirs, clean["root"])
+
+
+def conservation(result: dict) -> dict:
+    s = result["summary"]
+    ids = result["index"]["image_id"].to_pylist()
+    pairs = list(zip(ids, result["index"]["variant"].to_pylist(), strict=True))
+    assert s["items_in"] == s["items_ok"] + s["items_quarantined"]
+    return {
+        "items_in": s["items_in"],
+        "items_ok": s["items_ok"],
+        "items_quarantined": s["items_quarantined"],
+        "duplicates": len(pairs) - len(set(pairs)),
+        "wall_s": round(result["wall"], 1),
+        "supervision": result["record"]["ray"]["supervision"],
+    }
+
+
+@pytest.mark.matrix("P2")
+def test_an_item_that_kills_its_worker_every_time_is_quarantined(images, clean, matrix):
+    result = run_with(images, "poison", "item:img_002.png=exit")
+    figures = conservation(result)
+    assert [(q["image_id"], q["reason"]) for q in result["quarantine"]] == [
+        ("img_002.png", "worker_crash")
+    ]
+    assert figures["items_ok"] == ITEMS - 1 and figures["duplicates"] == 0
+    assert others_untouched(result, clean, "img_002.png")
+    assert result["wall"] < 150  # Ray's default retries it forever
+    matrix.record(**figures, reason=result["quarantine"][0]["error"])
+
+
+@pytest.mark.matrix("P3")
+def test_an_item_that_hangs_is_quarantined_after_its_time_limit(images, clean, matrix):
+    limit = 4.0
+    result = run_with(images, "hang", "item:img_001.png=hang", timeout_s=limit)
+    figures = conservation(result)
+    assert [(q["image_id"], q["reason"]) for q in result["quarantine"]] == [
+        ("img_001.png", "timeout")
+    ]
+    assert others_untouched(result, clean, "img_001.png")
+    # the hang costs the run its batch's limit (2 items), the item's own limit and restarts
+    extra = result["wall"] - clean["wall"]
+    assert extra < 2 * limit + limit + 60, extra
+    matrix.record(**figures, item_timeout_s=limit, extra_wall_s=round(extra, 1))
+
+
+@pytest.mark.matrix("P1")
+def test_an_actor_killed_once_mid_batch_leaves_every_output_exactly_once(
+    images, clean, matrix, tmp_path
+):
+    marker = tmp_path / "killed-once"
+    result = run_with(images, "killed", f"item:img_003.png=exit-once:{marker}")
+    figures = conservation(result)
+    assert marker.exists()  # the actor did die
+    assert figures["items_quarantined"] == 0 and figures["duplicates"] == 0
+    assert result["digest"] == clean["digest"]  # the same index, row for row
+    assert figures["supervision"].get("retried_batches", 0) >= 1
+    matrix.record(**figures, restarts=figures["supervision"].get("retried_batches", 0))
+
+
+@pytest.mark.matrix("P4")
+def test_an_exception_on_one_item_costs_only_that_item(images, clean, matrix):
+    result = run_with(images, "raises", "item:img_004.png=raise")
+    figures = conservation(result)
+    assert [(q["image_id"], q["reason"]) for q in result["quarantine"]] == [
+        ("img_004.png", "unexpected_error")
+    ]
+    assert figures["items_ok"] == ITEMS - 1  # its batch-mate was kept: no block dropped
+    assert others_untouched(result, clean, "img_004.png")
+    matrix.record(**figures)
