@@ -6,6 +6,7 @@ run must do relative to the dataset's latest committed version (``pipelines.incr
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,8 @@ from pipelines.manifest_loader import LoadedManifest
 from pipelines.sink import DatasetSink
 from pipelines.sources import Annotations, SourceItem, load_annotations, source_table
 from pipelines.versions import Version, read_table
+
+_log = logging.getLogger("synthfill")
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,13 @@ def plan_work(
     carry = carry and not m.output.overwrite and base is not None and base.version > 0
     if carry:
         assert base is not None
+        untracked = planned.sources["etag"].null_count
+        if untracked:
+            _log.warning(
+                "%d sources have no change token (ETag or mtime) in the listing or inventory: "
+                "they are processed again every run; give the inventory an etag column",
+                untracked,
+            )
         ok = read_table(sink.fs, sink.root, base.index, ["image_id", "source_etag"])
         bad = read_table(sink.fs, sink.root, base.quarantine, ["image_id", "source_etag", "reason"])
         delta = diff(planned.sources, ok, bad)
