@@ -138,3 +138,58 @@ def test_an_exception_on_one_item_costs_only_that_item(images, clean, matrix):
     assert figures["items_ok"] == ITEMS - 1  # its batch-mate was kept: no block dropped
     assert others_untouched(result, clean, "img_004.png")
     matrix.record(**figures)
+
+
+SPILLING = """
+import json, logging, sys
+import numpy as np
+import ray
+
+ray.init(num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False,
+         logging_level=logging.ERROR, log_to_driver=False)
+# 90 MiB of ballast in a 100 MiB store: every block the run adds pushes something to disk
+ballast = [ray.put(np.zeros(30 * 2**20, np.uint8)) for _ in range(3)]
+from pipelines.manifest_loader import load_manifest
+from pipelines.run import run_manifest
+from ray._private.internal_api import memory_summary
+
+summary = run_manifest(load_manifest(sys.argv[1]))
+print(json.dumps({"summary": summary.as_dict(), "memory": memory_summary(stats_only=True)}))
+"""
+
+
+@pytest.mark.matrix("P8")
+def test_a_run_under_object_store_pressure_spills_and_gives_the_same_index(images, clean, matrix):
+    import re
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    path = images / "spilling.yaml"
+    compute = "compute: {actors: 2, batch_size: 1, max_error_rate: 0.0}"  # a block per item
+    path.write_text(manifest_text(images / "images", images / "spilling", compute=compute))
+    done = subprocess.run(
+        [sys.executable, "-c", SPILLING, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout[done.stdout.find("{") :])
+    spilled = re.search(r"Spilled (\d+) MiB", report["memory"])
+    assert spilled and int(spilled.group(1)) > 0, report["memory"]
+    out = images / "spilling"
+    index = pq.read_table(out / "index.parquet")
+    assert index_digest(index, out.as_uri()) == clean["digest"]
+    s = report["summary"]
+    matrix.record(
+        items_in=s["items_in"],
+        items_ok=s["items_ok"],
+        items_quarantined=s["items_quarantined"],
+        duplicates=0,
+        spilled_mib=int(spilled.group(1)),
+        object_store_mib=100,
+        digest_equal=True,
+    )
