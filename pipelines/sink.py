@@ -214,7 +214,8 @@ class DatasetSink:
 
     def _write_part(self) -> None:
         self._since = time.monotonic()
-        if not self._buffer:
+        if not self._buffered:  # nothing, or only empty blocks: no empty part
+            self._buffer = []
             return
         table = pa.concat_tables(self._buffer).select(WORK_SCHEMA.names).cast(WORK_SCHEMA)
         self._buffer, self._buffered = [], 0
