@@ -154,7 +154,9 @@ from pipelines.run import run_manifest
 from ray._private.internal_api import memory_summary
 
 summary = run_manifest(load_manifest(sys.argv[1]))
-print(json.dumps({"summary": summary.as_dict(), "memory": memory_summary(stats_only=True)}))
+address = ray.get_runtime_context().gcs_address  # this run's Ray, not any other on the machine
+memory = memory_summary(address=address, stats_only=True)
+print(json.dumps({"summary": summary.as_dict(), "memory": memory}))
 """
 
 
@@ -169,12 +171,16 @@ def test_a_run_under_object_store_pressure_spills_and_gives_the_same_index(image
     path = images / "spilling.yaml"
     compute = "compute: {actors: 2, batch_size: 1, max_error_rate: 0.0}"  # a block per item
     path.write_text(manifest_text(images / "images", images / "spilling", compute=compute))
+    import os
+
+    own_ray = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never the session's
     done = subprocess.run(
         [sys.executable, "-c", SPILLING, str(path)],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=ROOT,
+        env=own_ray,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout[done.stdout.find("{") :])
