@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -62,6 +63,7 @@ class InpaintActor:
         pin_threads()  # again: loading a model imports torch, which starts a thread per core
         self.node_id = ray.get_runtime_context().get_node_id()
         self.ledger = ray.get_actor(ledger)
+        self.ledger.register.remote(ray.get_runtime_context().current_actor)
         self.timeout = plan.manifest.compute.item_timeout_s
         self.watchdog = Watchdog(self.ledger)
 
@@ -261,7 +263,8 @@ def execute(
     ctx.execution_no_progress_timeout_s = no_progress_timeout_s(compute)
     rows = block_rows(items.num_rows, compute.batch_size, compute.actors)
     blocks = max(math.ceil(items.num_rows / rows), 1)
-    name = f"synthfill-ledger-{plan.run_id}-{os.getpid()}"
+    # unique per execution: a resumed run keeps its run id, and a killed ledger's name lingers
+    name = f"synthfill-ledger-{plan.run_id}-{uuid.uuid4().hex[:8]}"
     ledger = create_ledger(name, compute.max_item_attempts)
     try:
         # Slices share the table's buffers; each goes to the object store as one block.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 import uuid
@@ -110,16 +111,23 @@ def run_manifest(
     remaining = sink.adopt(work.to_process)
     summary.items_resumed = sink.adopted_items
     record["incremental"]["resumed_items"] = sink.adopted_items
+    failure = None
     try:
         if remaining.num_rows:
             items = work_table(replace(work.planned, sources=remaining))
             _execute(plan, items, sink, address, progress, record, timings, sink.adopted_items)
         _count(summary, sink, m.variants * len(m.inpainters))
     except Exception as exc:  # record why, keep the staged rows for a resume, commit nothing
-        summary.status, summary.message = "failed", _reason(exc)
+        failure = _reason(exc)
+    if failure is not None:
+        # The error's traceback held Ray Data's executor, whose actors hold the CPUs until
+        # their handles are collected: without this a next run in this process (a notebook, a
+        # service, a test session) would wait for those CPUs forever.
+        gc.collect()
+        summary.status, summary.message = "failed", failure
         _finish(summary, timings, t0, record)
         sink.abort(record)
-        raise RunError(f"run {sink.run_id} failed: {summary.message}") from exc
+        raise RunError(f"run {sink.run_id} failed: {failure}")
     rate = summary.items_quarantined / summary.items_in if summary.items_in else 0.0
     if rate > m.compute.max_error_rate:
         summary.status = "failed"

@@ -42,6 +42,13 @@ class Ledger:
         self.finished: set[str] = set()
         self.hung: set[str] = set()
         self.counts: Counter[str] = Counter()
+        self.workers: list[Any] = []  # handles of the pool's actors, to stop them at the end
+
+    def register(self, worker: Any) -> None:
+        self.workers.append(worker)
+
+    def registered(self) -> list[Any]:
+        return self.workers
 
     def begin_batch(self, ids: list[str]) -> bool:
         """Note a batch's start; True when it is a retry (an item never finished before)."""
@@ -125,10 +132,17 @@ def create_ledger(name: str, max_item_attempts: int) -> Any:
 
 
 def ledger_stats(ledger: Any) -> dict[str, int]:
-    """The ledger's counts, then the ledger is stopped (bounded wait)."""
+    """The ledger's counts; then the pool's actors and the ledger are stopped (bounded waits).
+
+    After a failed run Ray Data can leave its actors alive while anything still references
+    the error, holding the CPUs a next run in the same process needs; stopping them here
+    makes the end of a run the end of its actors.
+    """
     import ray
 
     try:
+        for worker in ray.get(ledger.registered.remote(), timeout=30):
+            ray.kill(worker, no_restart=True)
         return ray.get(ledger.stats.remote(), timeout=30)
     finally:
         ray.kill(ledger)
