@@ -25,18 +25,24 @@ def publish_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None
     when it fails; one left by a killed process stays invisible until ``abort_multipart_uploads``.
     """
     if is_local(fs):
-        directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_aside(path, data, os.replace)
         return
     fs.pipe_file(path, data)
+
+
+def write_aside(path: str, data: bytes, place: Callable[[str, str], None]) -> None:
+    """Write a local file beside ``path``, then ``place`` it there in one step: ``os.replace``
+    (overwrites) or ``os.link`` (fails if ``path`` exists). A reader never sees half a file."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        place(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def create_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
@@ -47,15 +53,7 @@ def create_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     PUT (``If-None-Match: *``: AWS S3, MinIO, SeaweedFS and moto honour it).
     """
     if is_local(fs):
-        directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-            os.link(tmp, path)
-        finally:
-            os.unlink(tmp)
+        write_aside(path, data, os.link)
         return
     try:
         fs.pipe_file(path, data, mode="create")
