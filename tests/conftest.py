@@ -102,6 +102,18 @@ def tiny_manifest(tmp_path):
 # --- Real S3 servers (tests/s3_servers.py), one of each per session on free loopback ports ---
 
 # The retail manifest cut down for tests: 2 images x 2 variants.
+# The smallest valid manifest (paths relative to wherever it is written).
+MINIMAL = """\
+name: tiny
+seed: 3
+variants: 2
+source: {uri: images, glob: "*.png"}
+masks: [{kind: boxes, count: [1, 2]}]
+inpainter: {kind: telea, radius: 3}
+output: {uri: out}
+"""
+
+
 RETAIL_SMALL = ["--limit", "2", "--set", "variants=2"]
 
 

@@ -1,22 +1,13 @@
 from pathlib import Path
 
 import pytest
+from conftest import MINIMAL
 
 from pipelines.errors import ManifestError
 from pipelines.manifest_loader import apply_override, load_manifest, manifest_json_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "manifests").glob("*.yaml"))
-
-MINIMAL = """\
-name: tiny
-seed: 3
-variants: 2
-source: {uri: images, glob: "*.png"}
-masks: [{kind: boxes, count: [1, 2]}]
-inpainter: {kind: telea, radius: 3}
-output: {uri: out}
-"""
 
 
 def write(tmp_path: Path, text: str) -> Path:

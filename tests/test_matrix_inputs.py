@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import MINIMAL
 from fsspec.core import strip_protocol
 from PIL import Image
 
@@ -312,16 +313,6 @@ def test_a_generated_corpus_of_malformed_files_never_escapes_the_decoder(tmp_pat
 
 
 # --- C: hostile configuration ----------------------------------------------------------------
-
-MINIMAL = """\
-name: tiny
-seed: 3
-variants: 2
-source: {uri: images, glob: "*.png"}
-masks: [{kind: boxes, count: [1, 2]}]
-inpainter: {kind: telea, radius: 3}
-output: {uri: out}
-"""
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
