@@ -7,7 +7,8 @@ by one environment variable that production never sets::
     SYNTHFILL_FAULTS="commit:record=kill,item:shelf_07.jpg=exit"
 
 Each entry is ``POINT=ACTION``. Points: ``commit:<step>`` in the driver (see ``sink``),
-``item:<image_id>`` in a worker before it reads the item. Actions: ``kill`` (SIGKILL itself),
+``item:<image_id>`` in a worker before it reads the item, ``actor:start`` in an inpainting
+actor's constructor (before its model loads). Actions: ``kill`` (SIGKILL itself),
 ``exit`` (``os._exit``: a worker dying like a segfault), ``exit-once:<marker file>`` (exit
 only if the marker does not exist yet, creating it), ``hang`` (sleep forever), ``sleep:<s>``
 (pause, e.g. to hold a commit open while another run commits) and ``raise``.

@@ -182,7 +182,9 @@ def _parquet(fs: Any, path: str, uri: str, bucket: str) -> Iterator[pa.Table]:
         roles = _columns(parquet.schema_arrow.names, f"source.inventory {uri} ({path})")
         wanted = [name for name in roles.values() if name]
         try:
-            for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=wanted):
+            for batch in parquet.iter_batches(
+                batch_size=_BATCH_ROWS, columns=wanted, use_threads=False
+            ):
                 yield _found(batch, roles, bucket, url_encoded=False)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:  # e.g. size as text
             raise RunError(

@@ -22,9 +22,10 @@ import pyarrow as pa
 
 from pipelines.errors import Reason, RunError
 from pipelines.faults import ENV as FAULTS_ENV
+from pipelines.faults import strike
 from pipelines.process import ItemProcessor, RunPlan
 from pipelines.schema import rows_to_table
-from pipelines.supervision import Watchdog, create_ledger, ledger_stats
+from pipelines.supervision import Watchdog, create_ledger, ledger_stats, start_refusal
 
 # Library thread pools are pinned to one thread per worker; parallelism comes from processes.
 THREAD_PINS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
@@ -32,6 +33,7 @@ THREAD_PINS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THR
 # drops it before the sink, so a cluster run's index equals a local run's.
 NODE_COLUMN = "node_id"
 LEDGER_TIMEOUT_S = 60  # a ledger that does not answer within this fails the task
+ACTOR_START_DEATHS = 2  # constructor deaths in a row Ray Data replaces before the run fails
 BLOCKS_PER_ACTOR = 16
 MAX_BLOCK_ITEMS = 1024
 # Set by Ray's job supervisor in a submitted job's driver: the job's JobConfig as JSON.
@@ -58,12 +60,23 @@ class InpaintActor:
     def __init__(self, plan: RunPlan, device: str, ledger: str) -> None:
         import ray
 
+        context = ray.get_runtime_context()
+        self.ledger = ray.get_actor(ledger)
+        # Told before anything that may kill this process: Ray restarts a constructor that
+        # crashes forever, so the ledger counts the starts that never finished and, past a
+        # bound, refuses to start (an exception here ends the actor for good).
+        refusal = ray.get(
+            self.ledger.starting.remote(context.get_actor_id()), timeout=LEDGER_TIMEOUT_S
+        )
+        if refusal is not None:
+            raise RunError(refusal)
+        strike("actor:start")  # reliability tests: a constructor that always dies
         pin_threads()
         self.processor = ItemProcessor(plan, device=device)
         pin_threads()  # again: loading a model imports torch, which starts a thread per core
-        self.node_id = ray.get_runtime_context().get_node_id()
-        self.ledger = ray.get_actor(ledger)
-        self.ledger.register.remote(ray.get_runtime_context().current_actor)
+        self.node_id = context.get_node_id()
+        register = self.ledger.register.remote(context.get_actor_id(), context.current_actor)
+        ray.get(register, timeout=LEDGER_TIMEOUT_S)
         self.timeout = plan.manifest.compute.item_timeout_s
         self.watchdog = Watchdog(self.ledger)
 
@@ -74,7 +87,7 @@ class InpaintActor:
         ids = [item["image_id"] for item in items]
         retry = ray.get(self.ledger.begin_batch.remote(ids), timeout=LEDGER_TIMEOUT_S)
         rows = self._one_by_one(items) if retry else self._guarded(items)
-        self.ledger.finish.remote(ids)
+        self._finished(ids)
         table = rows_to_table(rows)
         return table.append_column(NODE_COLUMN, pa.repeat(self.node_id, table.num_rows))
 
@@ -89,8 +102,15 @@ class InpaintActor:
                 rows.append(self._stopped(item, Reason(verdict)))
                 continue
             rows.extend(self._guarded([item]))
-            self.ledger.finish.remote([item["image_id"]])
+            self._finished([item["image_id"]])
         return rows
+
+    def _finished(self, ids: list[str]) -> None:
+        import ray
+
+        # Waited for: a fire-and-forget call can be lost when the next item kills this
+        # process, and items that finished but seem not to would use up their attempts.
+        ray.get(self.ledger.finish.remote(ids), timeout=LEDGER_TIMEOUT_S)
 
     def _guarded(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         alone = items[0]["image_id"] if len(items) == 1 else None
@@ -261,6 +281,9 @@ def execute(
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
     ctx.execution_no_progress_timeout_s = no_progress_timeout_s(compute)
+    # A constructor that raises (the ledger's refusal, a model that cannot load) is replaced
+    # this many times in a row, then the run fails with its error.
+    ctx.max_consecutive_actor_init_deaths = ACTOR_START_DEATHS
     rows = block_rows(items.num_rows, compute.batch_size, compute.actors)
     blocks = max(math.ceil(items.num_rows / rows), 1)
     # unique per execution: a resumed run keeps its run id, and a killed ledger's name lingers
@@ -282,8 +305,16 @@ def execute(
             compute=ActorPoolStrategy(size=min(compute.actors, blocks)),
             num_cpus=compute.cpus_per_actor,
             num_gpus=gpus or None,
+            # Ray Data's actor pools restart actors and retry their tasks without limit
+            # (max_restarts=-1, max_task_retries=-1; passing them is deprecated since 2.60):
+            # the ledger is what bounds the deaths an item, or a constructor, may cause.
         )
         yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+    except Exception as exc:
+        refusal = start_refusal(ledger)
+        if refusal is not None:  # Ray's error would bury it in an actor-death dump
+            raise RunError(refusal) from exc
+        raise
     finally:
         stats = ledger_stats(ledger)
         if report is not None:

@@ -11,10 +11,14 @@ tell a small per-run *ledger* actor what they start and finish:
 - A watchdog thread in each actor enforces ``item_timeout_s`` per item (a batch gets the sum):
   past it the actor tells the ledger which item hung and exits, Ray restarts the actor and
   retries the batch, and the hung item becomes a ``timeout`` quarantine row.
+- A constructor that dies (a model or library crashing the process on load) is restarted by
+  Ray forever too: each actor tells the ledger before it starts, and past MAX_START_DEATHS
+  starts in a row that never finished, the next start is refused and the run fails saying so.
 
-Each death brings an item closer to a verdict, so a run always ends; the ledger's counts go to
-the run record. Retried work rewrites identical bytes (content-stable keys) and only the final
-attempt's rows reach the index, so nothing is doubled.
+Each death brings an item closer to a verdict, so a run always ends; the ledger's counts (and
+the slowest times from an item's solo start to its verdict) go to the run record. Retried work
+rewrites identical bytes (content-stable keys) and only the final attempt's rows reach the
+index, so nothing is doubled.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 
 from pipelines.errors import Reason
 
+MAX_START_DEATHS = 3  # constructor deaths in a row (across the pool) before the run stops
 EXIT_HUNG = 75  # what an actor exits with when its watchdog fires (EX_TEMPFAIL)
 _log = logging.getLogger("synthfill")
 
@@ -42,13 +47,43 @@ class Ledger:
         self.finished: set[str] = set()
         self.hung: set[str] = set()
         self.counts: Counter[str] = Counter()
-        self.workers: list[Any] = []  # handles of the pool's actors, to stop them at the end
+        self.workers: dict[str, Any] = {}  # the pool's actors by id, to stop them at the end
+        self.alone_since: dict[str, float] = {}  # when each item last started on its own
+        self.slowest: dict[str, float] = {}  # worst seconds from an item's solo start to a verdict
+        self.pending: set[str] = set()  # actors whose constructor began and has not finished
+        self.start_deaths = 0  # constructors that died, in a row (any finished start resets)
 
-    def register(self, worker: Any) -> None:
-        self.workers.append(worker)
+    def starting(self, actor_id: str) -> str | None:
+        """An actor's constructor begins: None to go on, else why the pool must not start.
+
+        A start of an actor whose previous start never registered means that constructor
+        died; past MAX_START_DEATHS such deaths in a row the run is stopped.
+        """
+        if actor_id in self.pending:
+            self.counts["start_deaths"] += 1
+            self.start_deaths += 1
+        self.pending.add(actor_id)
+        return self.refusal()
+
+    def refusal(self) -> str | None:
+        if self.start_deaths <= MAX_START_DEATHS:
+            return None
+        return (
+            f"the inpainting actors died {self.start_deaths} times in a row while starting "
+            "(before their first batch: a model or library that crashes the process on load); "
+            "see the Ray worker logs"
+        )
+
+    def register(self, actor_id: str, worker: Any) -> None:
+        """An actor finished its constructor; a second call for one id is a restart."""
+        if actor_id in self.workers:
+            self.counts["actor_restarts"] += 1
+        self.workers[actor_id] = worker
+        self.pending.discard(actor_id)
+        self.start_deaths = 0
 
     def registered(self) -> list[Any]:
-        return self.workers
+        return list(self.workers.values())
 
     def begin_batch(self, ids: list[str]) -> bool:
         """Note a batch's start; True when it is a retry (an item never finished before)."""
@@ -63,23 +98,37 @@ class Ledger:
         if image_id in self.finished:
             return None  # it finished in an earlier attempt: safe to run again
         if image_id in self.hung:
-            self.counts[Reason.TIMEOUT.value] += 1
-            return Reason.TIMEOUT.value
+            return self._verdict(image_id, Reason.TIMEOUT)
         if self.alone[image_id] >= self.max_item_attempts:
-            self.counts[Reason.WORKER_CRASH.value] += 1
-            return Reason.WORKER_CRASH.value
+            return self._verdict(image_id, Reason.WORKER_CRASH)
         self.alone[image_id] += 1
+        self.alone_since[image_id] = time.monotonic()
         return None
+
+    def _verdict(self, image_id: str, reason: Reason) -> str:
+        self.counts[reason.value] += 1
+        self._note(f"{reason.value}_verdict_s", image_id)
+        return reason.value
+
+    def _note(self, figure: str, image_id: str) -> None:
+        """Keep the worst time from the item's last solo start to now (the run record shows
+        how long a hung or poison item held its actor beyond its limit)."""
+        if image_id in self.alone_since:
+            took = time.monotonic() - self.alone_since[image_id]
+            self.slowest[figure] = round(max(self.slowest.get(figure, 0.0), took), 3)
 
     def mark_hung(self, image_id: str) -> None:
         self.hung.add(image_id)
         self.counts["watchdog_exits"] += 1
+        self._note("watchdog_fired_s", image_id)
 
     def finish(self, ids: list[str]) -> None:
         self.finished.update(ids)
 
-    def stats(self) -> dict[str, int]:
-        return dict(self.counts)
+    def stats(self) -> dict[str, float]:
+        """Counts (retried batches, actor restarts, watchdog exits, verdicts by reason) and the
+        slowest solo-start-to-verdict times in seconds."""
+        return {**self.counts, **self.slowest}
 
 
 class Watchdog:
@@ -131,7 +180,19 @@ def create_ledger(name: str, max_item_attempts: int) -> Any:
     return remote.options(name=name, lifetime=None).remote(max_item_attempts)
 
 
-def ledger_stats(ledger: Any) -> dict[str, int]:
+def start_refusal(ledger: Any) -> str | None:
+    """Why the pool was refused a start (constructors kept dying), if it was; None when the
+    ledger cannot say (it is gone too), so the caller's own error stands."""
+    import ray
+
+    try:
+        return ray.get(ledger.refusal.remote(), timeout=30)
+    except Exception as exc:
+        _log.warning("could not ask the run's ledger why the actors stopped: %s", exc)
+        return None
+
+
+def ledger_stats(ledger: Any) -> dict[str, float]:
     """The ledger's counts; then the pool's actors and the ledger are stopped (bounded waits).
 
     After a failed run Ray Data can leave its actors alive while anything still references

@@ -202,12 +202,12 @@ def read_parquet(
 ) -> pa.Table:
     """Read a Parquet file through fsspec in this thread.
 
-    Not ``pq.read_table(handle)``: its dataset scanner releases the Python file object from
-    a background thread, which at interpreter exit aborts the process (seen as exit code -6
-    after a successful run).
+    Not ``pq.read_table(handle)``, and without Arrow's thread pool: a pool thread can drop the
+    last reference to a buffer of the Python file object, and when that happens while the
+    interpreter exits the process aborts (seen as exit code -6 after a successful run).
     """
     with fs.open(path, "rb") as handle, pq.ParquetFile(handle) as parquet:
-        return parquet.read(columns=columns)
+        return parquet.read(columns=columns, use_threads=False)
 
 
 def index_digest(table: pa.Table, root_uri: str | None = None) -> str:
