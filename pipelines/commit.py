@@ -17,6 +17,7 @@ Steps, each one safe to die after (the reliability tests kill the driver at ever
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -31,7 +32,9 @@ import pyarrow.parquet as pq
 from pipelines import layout, versions
 from pipelines.faults import strike
 from pipelines.incremental import Delta
-from pipelines.schema import INDEX_SCHEMA, QUARANTINE_SCHEMA
+from pipelines.integrity import HashingWriter, MerkleTree
+from pipelines.manifest import recipe_bytes
+from pipelines.schema import INDEX_SCHEMA, QUARANTINE_SCHEMA, conform
 from pipelines.sink import DatasetSink
 from pipelines.storage import publish_bytes
 from pipelines.sweep import clean_up
@@ -59,8 +62,10 @@ def commit_version(
         raise versions.conflict(fs, root, number)
     folder = f"{versions.version_dir(number)}-{sink.run_id}"
     carried = base if carry_over else None
-    counts = _write_tables(sink, folder, carried, delta)
+    counts, integrity = _write_tables(sink, folder, carried, delta)
     record["version"] = number
+    record["integrity"] = integrity
+    _store_recipe(sink, record)
     publish_bytes(fs, layout.join(root, f"{folder}/{layout.RUN_RECORD}"), _json(record))
     strike("commit:version-files")
     version = versions.Version(
@@ -83,40 +88,71 @@ def commit_version(
     return version
 
 
+def _store_recipe(sink: DatasetSink, record: dict[str, Any]) -> None:
+    """``recipes/<manifest_sha256>.json``: kept for as long as the dataset, so every row's
+    fingerprint resolves to its recipe (and the file checks against its own name)."""
+    data = recipe_bytes(record["recipe"])
+    if hashlib.sha256(data).hexdigest() != record["manifest_sha256"]:
+        raise RuntimeError("the recorded recipe does not hash to manifest_sha256")  # a bug
+    path = layout.join(sink.root, recipe_key(record["manifest_sha256"]))
+    if not sink.fs.exists(path):  # content-addressed: an existing one has these bytes
+        publish_bytes(sink.fs, path, data)
+
+
+def recipe_key(manifest_sha256: str) -> str:
+    return f"{layout.RECIPES}/{manifest_sha256}.json"
+
+
 def _write_tables(
     sink: DatasetSink, folder: str, base: versions.Version | None, delta: Delta
-) -> dict[str, int]:
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """Write the version's index and quarantine; their counts and integrity figures."""
     fs, root = sink.fs, sink.root
+    root_uri = fs.unstrip_protocol(root)
+    tree = MerkleTree()
     ok_ids: list[pa.Array] = []
     bad_ids: list[pa.Array] = []
-    rows = 0
+    index_key, bad_key = f"{folder}/{layout.INDEX}", f"{folder}/{layout.QUARANTINE}"
     with (
-        parquet_writer(fs, layout.join(root, f"{folder}/{layout.INDEX}"), INDEX_SCHEMA) as index,
-        parquet_writer(
-            fs, layout.join(root, f"{folder}/{layout.QUARANTINE}"), QUARANTINE_SCHEMA
-        ) as bad,
+        parquet_writer(fs, layout.join(root, index_key), INDEX_SCHEMA) as (index, index_hash),
+        parquet_writer(fs, layout.join(root, bad_key), QUARANTINE_SCHEMA) as (bad, bad_hash),
     ):
+
+        def rows(table: pa.Table) -> None:
+            index.write_table(table)
+            tree.add_rows(table, root_uri)
+            ok_ids.append(table["image_id"].combine_chunks())
+
+        def quarantined(table: pa.Table) -> None:
+            bad.write_table(table)
+            bad_ids.append(table["image_id"].combine_chunks())
+
         if base is not None:
             for table in _kept(sink, base.index, delta.keep_ok):
-                index.write_table(table.cast(INDEX_SCHEMA))
-                ok_ids.append(table["image_id"].combine_chunks())
-                rows += table.num_rows
+                rows(conform(table, INDEX_SCHEMA))
             for table in _kept(sink, base.quarantine, delta.keep_quarantined):
-                bad.write_table(table.cast(QUARANTINE_SCHEMA))
-                bad_ids.append(table["image_id"].combine_chunks())
-        for good, quarantined in sink.part_tables():
+                quarantined(conform(table, QUARANTINE_SCHEMA))
+        for good, bad_rows in sink.part_tables():
             if good.num_rows:
-                index.write_table(good)
-                ok_ids.append(good["image_id"].combine_chunks())
-                rows += good.num_rows
-            if quarantined.num_rows:
-                bad.write_table(quarantined)
-                bad_ids.append(quarantined["image_id"].combine_chunks())
-    return {
-        "rows": rows,
+                rows(good)
+            if bad_rows.num_rows:
+                quarantined(bad_rows)
+    counts = {
+        "rows": tree.count,
         "items_ok": _distinct(ok_ids),
         "items_quarantined": _distinct(bad_ids),
     }
+    integrity = {
+        **tree.summary(),
+        "root": root_uri,  # keys are relative to it (the dataset may be copied elsewhere later)
+        "leaf": "sha256(0x00 || output key NUL output_sha256 NUL mask key NUL mask_sha256), "
+        "keys relative to the dataset root, in index row order",
+        "files": {
+            index_key: {"sha256": index_hash.sha256.hexdigest(), "bytes": index_hash.size},
+            bad_key: {"sha256": bad_hash.sha256.hexdigest(), "bytes": bad_hash.size},
+        },
+    }
+    return counts, integrity
 
 
 def _kept(sink: DatasetSink, key: str, ids: pa.Array) -> Iterator[pa.Table]:
@@ -127,20 +163,25 @@ def _kept(sink: DatasetSink, key: str, ids: pa.Array) -> Iterator[pa.Table]:
     # row group by row group, in this thread (see versions.read_parquet)
     with sink.fs.open(path, "rb") as handle, pq.ParquetFile(handle) as parquet:
         for group in range(parquet.num_row_groups):
-            table = parquet.read_row_group(group)
+            table = parquet.read_row_group(group, use_threads=False)
             table = table.filter(pc.is_in(table["image_id"], value_set=ids))
             if table.num_rows:
                 yield table
 
 
 @contextmanager
-def parquet_writer(fs: Any, path: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
-    """A zstd Parquet writer streaming to ``path`` (not atomic: for files no reader follows)."""
+def parquet_writer(
+    fs: Any, path: str, schema: pa.Schema
+) -> Iterator[tuple[pq.ParquetWriter, HashingWriter]]:
+    """A zstd Parquet writer streaming to ``path`` (not atomic: for files no reader follows),
+    and the hash of the bytes it wrote (complete once the block exits)."""
     # Streamed: an index of 100 M rows never sits in memory. A failure may leave a cut file
     # here, but no record names this folder yet and a retry of this run rewrites it.
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(path, "wb") as handle, pq.ParquetWriter(handle, schema, compression="zstd") as w:
-        yield w
+    with fs.open(path, "wb") as handle:
+        hashing = HashingWriter(handle)
+        with pq.ParquetWriter(hashing, schema, compression="zstd") as writer:
+            yield writer, hashing
 
 
 def _distinct(chunks: list[pa.Array]) -> int:

@@ -9,6 +9,7 @@ RUN_RECORD = "run.json"
 INDEX = "index.parquet"
 QUARANTINE = "quarantine.parquet"
 STAGING = "_staging"
+RECIPES = "recipes"  # recipes/<manifest_sha256>.json: what each fingerprint stands for
 IMAGES = "images"
 MASKS = "masks"
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}

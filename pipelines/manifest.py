@@ -305,18 +305,21 @@ class Manifest(_Spec):
             return tuple(self.inpainter)
         return (self.inpainter,)
 
-    def fingerprint(self) -> str:
-        """sha256 of the recipe: everything that decides pixels and labels.
+    def recipe(self) -> dict[str, Any]:
+        """Everything that decides pixels and labels, as JSON data.
 
         Where data lives (URIs, storage options) and how work is spread (``compute``) are left
-        out, so the same recipe moved to a bucket or a cluster keeps its fingerprint; the data
+        out, so the same recipe moved to a bucket or a cluster is the same recipe; the data
         itself is pinned per row by ``source_sha256`` (and model weights by ``weights_sha256``).
         """
         exclude = dict(_NOT_RECIPE)
         if isinstance(self.inpainter, list):
             exclude["inpainter"] = {"__all__": _NOT_RECIPE["inpainter"]}
-        data = self.model_dump(mode="json", exclude=exclude)
-        return hashlib.sha256(canonical_json(data).encode()).hexdigest()
+        return self.model_dump(mode="json", exclude=exclude)
+
+    def fingerprint(self) -> str:
+        """sha256 of the recipe's canonical JSON (the ``manifest_sha256`` on every row)."""
+        return hashlib.sha256(recipe_bytes(self.recipe())).hexdigest()
 
 
 _NOT_RECIPE: dict[str, Any] = {
@@ -329,6 +332,11 @@ _NOT_RECIPE: dict[str, Any] = {
     # weights_sha256 (and by the manifest's own pin, which stays in the recipe).
     "inpainter": {"weights", "storage_options"},
 }
+
+
+def recipe_bytes(recipe: dict[str, Any]) -> bytes:
+    """The bytes a recipe is hashed as (and stored as, so the file checks against its name)."""
+    return canonical_json(recipe).encode()
 
 
 def canonical_json(data: Any) -> str:

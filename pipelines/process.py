@@ -348,6 +348,8 @@ class ItemProcessor:
             "labels": list(edit.labels),
             "removed_boxes": [b for i, b in enumerate(item["boxes"]) if i in removed],
             "removed_labels": [lbl for i, lbl in enumerate(item["labels"]) if i in removed],
+            "source_boxes": item["boxes"],
+            "source_labels": item["labels"],
         }
 
     def _lineage(self, item: dict[str, Any], status: str) -> dict[str, Any]:

@@ -309,6 +309,8 @@ def _record(loaded: LoadedManifest, summary: RunSummary, started: datetime) -> d
         "started_at": started.isoformat(),
         "manifest_sha256": loaded.fingerprint,
         "manifest": manifest_record(loaded),
+        # what manifest_sha256 is the hash of: the fields that decide pixels and labels
+        "recipe": loaded.manifest.recipe(),
         "code_version": code_version(),
         "environment": environment(),
     }

@@ -54,8 +54,12 @@ INDEX_SCHEMA = pa.schema(
         pa.field("labels", pa.list_(pa.string())),
         pa.field("removed_boxes", pa.list_(_BOX)),  # source-pixel boxes the edit erased
         pa.field("removed_labels", pa.list_(pa.string())),
+        # The annotations the row was made from, as given (source pixels): with the recipe and
+        # the source bytes they are everything needed to make the row again.
+        pa.field("source_boxes", pa.list_(_BOX)),
+        pa.field("source_labels", pa.list_(pa.string())),
     ],
-    metadata={b"synthfill.table": b"index", b"synthfill.schema_version": b"1"},
+    metadata={b"synthfill.table": b"index", b"synthfill.schema_version": b"2"},
 )
 
 QUARANTINE_SCHEMA = pa.schema(
@@ -67,6 +71,14 @@ QUARANTINE_SCHEMA = pa.schema(
 WORK_SCHEMA = pa.schema(
     list(INDEX_SCHEMA) + [pa.field("reason", pa.string()), pa.field("stage", pa.string())]
 )
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with ``schema``: columns an older version of the schema lacked become nulls."""
+    for name in schema.names:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
+    return table.select(schema.names).cast(schema)
 
 
 def rows_to_table(rows: list[dict]) -> pa.Table:

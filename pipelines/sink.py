@@ -42,6 +42,7 @@ _OURS = {
     layout.INDEX,
     layout.QUARANTINE,
     versions.VERSIONS,
+    layout.RECIPES,
 } | _RESIDUE
 _log = logging.getLogger("synthfill")
 

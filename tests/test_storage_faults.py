@@ -6,6 +6,7 @@ cases; the storage functions are tested directly where that proves the same thin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -299,7 +300,7 @@ from pipelines.commit import parquet_writer
 from pipelines.schema import INDEX_SCHEMA, split_work
 sink = staging_sink({endpoint!r}, {root!r}, "crashed-run")
 path = {root!r} + "/versions/000001-crashed-run/index.parquet"
-with parquet_writer(sink.fs, path, INDEX_SCHEMA) as writer:  # a commit writing its index
+with parquet_writer(sink.fs, path, INDEX_SCHEMA) as (writer, _):  # a commit writing its index
     writer.write_table(split_work(big_work(150, "crashed-run"))[0])  # > 5 MiB: parts go up
     print("part uploaded", flush=True)
     time.sleep(300)
@@ -312,7 +313,11 @@ def commit_sink(sink: DatasetSink, run_id: str) -> Any:
     from pipelines.incremental import everything
 
     nothing_listed = pa.table({"image_id": pa.array([], pa.string())})
-    record = {"run_id": run_id, "manifest_sha256": "m"}
+    from pipelines.manifest import recipe_bytes
+
+    recipe = {"name": "faults"}  # the commit stores the recipe under its own hash
+    sha = hashlib.sha256(recipe_bytes(recipe)).hexdigest()
+    record = {"run_id": run_id, "manifest_sha256": sha, "recipe": recipe}
     return commit_version(sink, record, None, everything(nothing_listed), carry_over=False)
 
 
