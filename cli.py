@@ -263,6 +263,14 @@ def audit(
         int | None, typer.Option(help="Seed for choosing the --reproduce rows (default: random).")
     ] = None,
     device: Annotated[str, typer.Option(help="Where --reproduce runs model fills.")] = "cpu",
+    trusted_key: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="PEM Ed25519 public key the run record must be signed with (output.sign_record).",
+        ),
+    ] = None,
     set_: SetOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -283,6 +291,7 @@ def audit(
                 reproduce=reproduce,
                 seed=seed,
                 device=device,
+                trusted_key=trusted_key.read_bytes() if trusted_key else None,
                 progress=lambda check, done, total: bar(done, total),
             )
     except RunError as exc:

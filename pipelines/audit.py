@@ -2,6 +2,7 @@
 
 Checks, in order (each reports pass / fail / drift / skipped with its figures):
 
+- ``signature``: the run record's Ed25519 signature, when it is signed (``output.sign_record``).
 - ``record``: the index and quarantine files hash to what the run record says.
 - ``merkle``: the Merkle root over the index's (key, sha256) leaves equals the record's.
 - ``files``: every output and mask is re-read and re-hashed against its index row.
@@ -126,6 +127,7 @@ def audit_dataset(
     seed: int | None = None,
     device: str = "cpu",
     threads: int = 16,
+    trusted_key: bytes | None = None,
     progress: Progress | None = None,
 ) -> AuditReport:
     """Run every check on the latest committed version of the dataset at ``output``.
@@ -139,6 +141,7 @@ def audit_dataset(
     access = Access.of(manifest)
     report = AuditReport(output.uri, ds.version.version, ds.version.run_id, ds.version.rows)
     tick = progress or (lambda check, done, total: None)
+    _timed(report, "signature", lambda: check_signature(ds, report, trusted_key))
     _timed(report, "record", lambda: check_record(ds, report))
     _timed(report, "merkle", lambda: check_merkle(ds, report))
     _timed(report, "files", lambda: check_files(ds, report, threads, tick))
@@ -159,6 +162,28 @@ def _timed(report: AuditReport, name: str, check: Callable[[], dict[str, Any]]) 
     figures = check()
     figures["seconds"] = round(time.perf_counter() - start, 3)
     report.checks[name] = figures
+
+
+def check_signature(
+    ds: Committed, report: AuditReport, trusted_pem: bytes | None
+) -> dict[str, Any]:
+    """The run record's Ed25519 signature (``output.sign_record``), when there is one."""
+    from pipelines.signing import SIGNATURE_SUFFIX, verify
+
+    path = layout.join(ds.root, ds.version.run_record)
+    try:
+        signature = ds.fs.cat_file(path + SIGNATURE_SUFFIX)
+    except FileNotFoundError:
+        if trusted_pem is None:
+            return {"status": "skipped", "note": "the record is not signed"}
+        report.add(Finding("signature", "fail", ds.version.run_record, "not signed"))
+        return {"status": "fail"}
+    problem = verify(ds.fs.cat_file(path), signature, trusted_pem)
+    if problem is not None:
+        report.add(Finding("signature", "fail", ds.version.run_record, problem))
+        return {"status": "fail", "key_id": json.loads(signature).get("key_id")}
+    trust = "trusted key" if trusted_pem is not None else "the key it names (none trusted given)"
+    return {"status": "pass", "key_id": json.loads(signature)["key_id"], "under": trust}
 
 
 def check_record(ds: Committed, report: AuditReport) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from pipelines.incremental import Delta
 from pipelines.integrity import HashingWriter, MerkleTree
 from pipelines.manifest import recipe_bytes
 from pipelines.schema import INDEX_SCHEMA, QUARANTINE_SCHEMA, conform
+from pipelines.signing import SIGNATURE_SUFFIX, sign
 from pipelines.sink import DatasetSink
 from pipelines.storage import publish_bytes
 from pipelines.sweep import clean_up
@@ -50,6 +51,7 @@ def commit_version(
     *,
     carry_over: bool,
     touched: pa.Array | None = None,
+    signing_key: Any = None,
 ) -> versions.Version:
     """Publish the run as version base+1 and return it. ``carry_over`` keeps the base's rows
     for unchanged sources (False when the recipe changed or a rebuild was asked for);
@@ -66,7 +68,13 @@ def commit_version(
     record["version"] = number
     record["integrity"] = integrity
     _store_recipe(sink, record)
-    publish_bytes(fs, layout.join(root, f"{folder}/{layout.RUN_RECORD}"), _json(record))
+    record_bytes = _json(record)
+    publish_bytes(fs, layout.join(root, f"{folder}/{layout.RUN_RECORD}"), record_bytes)
+    if signing_key is not None:  # detached: the record's bytes stay exactly as signed
+        signature = sign(record_bytes, signing_key)
+        publish_bytes(
+            fs, layout.join(root, f"{folder}/{layout.RUN_RECORD}{SIGNATURE_SUFFIX}"), signature
+        )
     strike("commit:version-files")
     version = versions.Version(
         version=number,

@@ -192,6 +192,11 @@ class OutputSpec(_Spec):
         ge=1,
         description="Committed versions whose files are kept; older versions, and outputs only they point to, are removed after a commit.",
     )
+    sign_record: str | None = Field(
+        None,
+        pattern=r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$",
+        description="Sign each version's run record with Ed25519: a ${NAME} reference to a variable holding a PEM private key (or its path). Writes run.json.sig beside the record; `pipeline audit --trusted-key` checks it.",
+    )
 
 
 class ComputeSpec(_Spec):
@@ -327,7 +332,7 @@ _NOT_RECIPE: dict[str, Any] = {
     "train": True,  # changes the weights, whose sha256 is on every row; not this dataset's recipe
     "masks": {"__all__": {"uri"}},  # where from_files masks live
     "source": {"uri", "annotations", "inventory", "storage_options"},
-    "output": {"uri", "storage_options", "overwrite", "keep_versions"},
+    "output": {"uri", "storage_options", "overwrite", "keep_versions", "sign_record"},
     # Where weights live and how to reach them; the weights themselves are pinned per row by
     # weights_sha256 (and by the manifest's own pin, which stays in the recipe).
     "inpainter": {"weights", "storage_options"},

@@ -23,6 +23,7 @@ from pipelines.manifest_loader import LoadedManifest
 from pipelines.planning import Work, plan_work, work_table
 from pipelines.process import RunPlan
 from pipelines.provenance import code_version, environment, manifest_record
+from pipelines.signing import load_private_key
 from pipelines.sink import DatasetSink
 from pipelines.sweep import clean_up
 from pipelines.versions import Version, VersionConflict, read_record
@@ -98,6 +99,7 @@ def run_manifest(
         summary.wall_s = round(time.perf_counter() - t0, 3)
         return summary
     weights = check_weights(m)
+    signing_key = load_private_key(m.output.sign_record) if m.output.sign_record else None
     plan = RunPlan(m, loaded.fingerprint, sink.run_id, code_version(), weights)
     timings = {"plan": time.perf_counter() - t0}
     record = _record(loaded, summary, started)
@@ -140,7 +142,7 @@ def run_manifest(
         return summary
     summary.status = "committed"
     _finish(summary, timings, t0, record)
-    version = _commit(sink, record, work)
+    version = _commit(sink, record, work, signing_key)
     summary.version = version.version
     summary.committed = sink.fs.unstrip_protocol(layout.join(sink.root, layout.COMMIT_MARKER))
     summary.timings_s["commit"] = round(time.perf_counter() - t0 - summary.wall_s, 3)
@@ -172,12 +174,20 @@ def _describe(summary: RunSummary, work: Work) -> None:
     summary.items_in = work.to_process.num_rows
 
 
-def _commit(sink: DatasetSink, record: dict[str, Any], work: Work) -> Version:
+def _commit(
+    sink: DatasetSink, record: dict[str, Any], work: Work, signing_key: Any = None
+) -> Version:
     number = (work.base_version or 0) + 1
     try:
         touched = work.to_process["image_id"].combine_chunks()
         return commit_version(
-            sink, record, work.base, work.delta, carry_over=work.carry_over, touched=touched
+            sink,
+            record,
+            work.base,
+            work.delta,
+            carry_over=work.carry_over,
+            touched=touched,
+            signing_key=signing_key,
         )
     except VersionConflict as exc:
         raise RunError(str(exc)) from None

@@ -8,6 +8,7 @@ weights, so tests can change a source, the weights or an output and see the audi
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from pipelines.audit import audit_dataset
 from pipelines.integrity import MerkleTree, inclusion_proof, leaf_hash, verify_inclusion
@@ -40,8 +48,20 @@ def made(ray_local, tmp_path_factory) -> Path:
     text = text.replace("../samples/shelves", str(sources))
     text = text.replace("../checkpoints/retail_shelf.safetensors", str(work / "model.safetensors"))
     text = text.replace("../out/retail_shelf_compare", str(work / "dataset"))
+    text = text.replace("  quality: 92\n", "  quality: 92\n  sign_record: ${AUDIT_SIGNING_KEY}\n")
     (work / "compare.yaml").write_text(text)
-    summary = run_manifest(load_manifest(work / "compare.yaml"))
+    key = Ed25519PrivateKey.generate()
+    (work / "signer.pem").write_bytes(
+        key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    )
+    (work / "signer.pub.pem").write_bytes(
+        key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    os.environ["AUDIT_SIGNING_KEY"] = str(work / "signer.pem")  # a path; PEM text works too
+    try:
+        summary = run_manifest(load_manifest(work / "compare.yaml"))
+    finally:
+        del os.environ["AUDIT_SIGNING_KEY"]
     assert summary.status == "committed" and summary.rows_written == 8, summary.message
     return work
 
@@ -60,10 +80,12 @@ def audit(folder: Path, **options):
 
 
 def test_the_demo_dataset_passes_and_every_row_is_made_again(made):
-    report = audit(made / "dataset", reproduce=8, seed=0)
+    trusted = (made / "signer.pub.pem").read_bytes()
+    report = audit(made / "dataset", reproduce=8, seed=0, trusted_key=trusted)
     assert report.passed, report.findings
     checks = report.checks
     assert {name: c["status"] for name, c in checks.items()} == {
+        "signature": "pass",
         "record": "pass",
         "merkle": "pass",
         "files": "pass",
@@ -194,3 +216,20 @@ def test_the_merkle_root_matches_rfc6962_and_proofs_verify_only_their_leaf():
             path = inclusion_proof(iter(leaves), i, count)
             assert verify_inclusion(leaves[i], i, count, path, tree.root())
             assert not verify_inclusion(leaf_hash(b"other"), i, count, path, tree.root())
+
+
+def test_a_signed_record_fails_under_another_key_or_once_edited(made, tmp_path):
+    folder = copy_of(made, tmp_path) / "dataset"
+    stranger = Ed25519PrivateKey.generate().public_key()
+    other = stranger.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    report = audit(folder, trusted_key=other)
+    assert report.checks["signature"]["status"] == "fail" and not report.passed
+    assert "not the trusted" in report.findings[0].detail
+    marker = json.loads((folder / "_COMMITTED").read_text())
+    record = folder / marker["run_record"]
+    record.write_text(
+        record.read_text().replace('"items_quarantined": 0', '"items_quarantined": 1', 1)
+    )
+    report = audit(folder)  # no trusted key: still checked under the key it names
+    assert report.checks["signature"]["status"] == "fail"
+    assert "does not match" in report.findings[0].detail
