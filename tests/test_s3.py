@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -80,3 +82,22 @@ def test_retail_manifest_reads_and_writes_buckets(seaweed_s3, retail_local_index
     # The secret is a canary: it must not reach any object written or the run's output.
     leaked = [p for p in fs.find("datasets") if seaweed_s3.secret_key.encode() in fs.cat_file(p)]
     assert leaked == [] and seaweed_s3.secret_key not in json.dumps(summary) + stderr
+    # An auditor, given the manifest for its storage options: files, sources, two rows remade.
+    sets = [f"source.storage_options.endpoint_url={endpoint}", "output.uri=s3://datasets/retail"]
+    sets.append(f"output.storage_options.endpoint_url={endpoint}")
+    environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [str(ROOT / ".venv/bin/pipeline"), "audit", "manifests/retail_shelf.yaml"]
+        + [arg for item in sets for arg in ("--set", item)]
+        + ["--reproduce", "2", "--json"],
+        env={**environ, **seaweed_s3.env()},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    report = json.loads(done.stdout)
+    assert done.returncode == 0 and report["passed"], (report, done.stderr[-2000:])
+    checks = report["checks"]
+    assert checks["files"]["files"] == 8 and checks["reproduce"]["identical"] == 2
+    assert checks["sources"]["sources"] == 2 and checks["record"]["status"] == "pass"
