@@ -26,6 +26,7 @@ from inpaint_ops.masks import FromFiles, combine
 from inpaint_ops.masks.base import MaskContext, MaskResult
 from pipelines import layout
 from pipelines.codec import decode_image, decode_mask, encode_image, encode_mask
+from pipelines.content_credentials import embed_xmp, source_type_for, xmp_packet
 from pipelines.credentials import access_hint
 from pipelines.errors import ItemError, Reason, RunError
 from pipelines.faults import strike
@@ -301,11 +302,22 @@ class ItemProcessor:
         with guard("encode", Reason.ENCODE_ERROR):
             fmt = m.output
             image_bytes = encode_image(edit.image, fmt.format, fmt.quality, fmt.png_level)
+            image_bytes = embed_xmp(image_bytes, fmt.format, self._xmp(inpainter, p.seeds[v], v))
             mask_bytes = encode_mask(edit.mask)
         row = self._row(p.item, image, made, edit, image_bytes, mask_bytes, inpainter)
         row["fill_leak_max"] = float(fill_leak)
         row["fill_blank"] = is_blank
         return _Output(row, image_bytes, mask_bytes)
+
+    def _xmp(self, inpainter: LoadedInpainter, seed: int, variant: int) -> bytes:
+        """The output's content credentials (fixed by the recipe and seed: same bytes again)."""
+        fields = {
+            "manifest_sha256": self.plan.manifest_sha256,
+            "seed": str(seed),
+            "variant": str(variant),
+            "inpainter": inpainter.spec.label,
+        }
+        return xmp_packet(source_type_for(inpainter.weights_sha256 is not None), fields)
 
     def _row(
         self,

@@ -233,3 +233,12 @@ def test_a_signed_record_fails_under_another_key_or_once_edited(made, tmp_path):
     report = audit(folder)  # no trusted key: still checked under the key it names
     assert report.checks["signature"]["status"] == "fail"
     assert "does not match" in report.findings[0].detail
+
+
+def test_model_fills_and_classical_fills_say_which_they_are(made):
+    from pipelines.content_credentials import CLASSICAL_FILL, MODEL_FILL, digital_source_type
+
+    expected = {"telea": CLASSICAL_FILL, "maskaware": MODEL_FILL}
+    for row in pq.read_table(made / "dataset" / "index.parquet").to_pylist():
+        data = Path(row["output_uri"].removeprefix("file://")).read_bytes()
+        assert digital_source_type(data) == expected[row["inpainter"]], row["output_uri"]
