@@ -337,6 +337,9 @@ def lineage(
     ] = None,
     set_: SetOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the chain as JSON.")] = False,
+    prov: Annotated[
+        bool, typer.Option("--prov", help="Print each row's W3C PROV-JSON document instead.")
+    ] = False,
 ) -> None:
     """How an output was made: source -> masks -> inpainter -> augmentation -> output.
 
@@ -352,6 +355,10 @@ def lineage(
     except RunError as exc:
         err.print(f"[bold red]no lineage:[/] {exc}", highlight=False)
         raise typer.Exit(1) from None
+    if prov:
+        documents = [step["prov"] for step in found["chains"]]
+        print(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2))
+        return
     if as_json:
         print(json.dumps(found, indent=2, default=str))
         return

@@ -4,8 +4,10 @@ Steps, each one safe to die after (the reliability tests kill the driver at ever
 
 1. ``parts``: the last staged rows are written.
 2. ``version-files``: the version's index (the base version's unchanged rows plus this run's
-   rows), quarantine table and run record are written under ``versions/<N>-<run_id>/``: a
-   folder no reader follows until step 3, and no other run writes.
+   rows), quarantine table, run record (with the Merkle root and table hashes; signed when
+   ``output.sign_record`` is set) and its OpenLineage and PROV-JSON exports are written under
+   ``versions/<N>-<run_id>/``, and the recipe under ``recipes/``: a folder no reader follows
+   until step 3, and no other run writes.
 3. ``record``: ``versions/<N>.json`` is created create-only. This is the commit: of two runs
    racing for N exactly one gets here; the other fails with VersionConflict.
 4. ``pointer``: ``_COMMITTED`` names version N; then the single-path copies are refreshed.
@@ -30,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import layout, versions
+from pipelines.exports import run_exports
 from pipelines.faults import strike
 from pipelines.incremental import Delta
 from pipelines.integrity import HashingWriter, MerkleTree
@@ -70,6 +73,8 @@ def commit_version(
     _store_recipe(sink, record)
     record_bytes = _json(record)
     publish_bytes(fs, layout.join(root, f"{folder}/{layout.RUN_RECORD}"), record_bytes)
+    for name, data in run_exports(record).items():  # OpenLineage, PROV-JSON
+        publish_bytes(fs, layout.join(root, f"{folder}/{name}"), data)
     if signing_key is not None:  # detached: the record's bytes stay exactly as signed
         signature = sign(record_bytes, signing_key)
         publish_bytes(

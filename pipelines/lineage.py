@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from pipelines import layout, versions
 from pipelines.audit import Committed
 from pipelines.errors import RunError
+from pipelines.exports import row_prov
 from pipelines.integrity import inclusion_proof, iter_leaves, leaf_data, leaf_hash, verify_inclusion
 
 RECIPE_EXCERPT = ("seed", "variants", "source", "masks", "inpainter", "augment", "split", "output")
@@ -102,6 +103,7 @@ def chain(ds: Committed, position: int, row: dict[str, Any]) -> dict[str, Any]:
             "excerpt": {k: recipe[k] for k in RECIPE_EXCERPT if k in recipe} if recipe else None,
         },
         "proof": proof(ds, position, row),
+        "prov": row_prov(row, ds.record),
     }
 
 

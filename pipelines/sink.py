@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from pipelines import layout, versions
 from pipelines.credentials import access_hint
 from pipelines.errors import RunError
+from pipelines.exports import run_exports
 from pipelines.manifest import OutputSpec
 from pipelines.schema import WORK_SCHEMA, split_work
 from pipelines.sources import filesystem
@@ -257,6 +258,8 @@ class DatasetSink:
         try:
             self._write_part()
             publish_bytes(self.fs, path, json.dumps(record, indent=2).encode())
+            for name, data in run_exports(record).items():  # FAIL events for lineage tools
+                publish_bytes(self.fs, layout.join(self.staging, name), data)
         except Exception as exc:  # the store that failed the run may refuse this too
             why = record.get("summary", {}).get("message") or "unknown reason"
             raise RunError(
