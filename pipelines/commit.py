@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from pipelines import layout, versions
 from pipelines.exports import run_exports
 from pipelines.faults import strike
+from pipelines.hf_dataset import dataset_card, write_split_shards
 from pipelines.incremental import Delta
 from pipelines.integrity import HashingWriter, MerkleTree
 from pipelines.manifest import recipe_bytes
@@ -71,6 +72,7 @@ def commit_version(
     record["version"] = number
     record["integrity"] = integrity
     _store_recipe(sink, record)
+    card = _write_hf_dataset(sink, folder, record)
     record_bytes = _json(record)
     publish_bytes(fs, layout.join(root, f"{folder}/{layout.RUN_RECORD}"), record_bytes)
     for name, data in run_exports(record).items():  # OpenLineage, PROV-JSON
@@ -91,6 +93,7 @@ def commit_version(
         committed_at=datetime.now(UTC).isoformat(),
         parent=base.version if base else None,
         new_generation=base is not None and not carry_over,
+        card=card,
         **counts,
     )
     versions.commit_record(fs, root, version)
@@ -110,6 +113,25 @@ def _store_recipe(sink: DatasetSink, record: dict[str, Any]) -> None:
     path = layout.join(sink.root, recipe_key(record["manifest_sha256"]))
     if not sink.fs.exists(path):  # content-addressed: an existing one has these bytes
         publish_bytes(sink.fs, path, data)
+
+
+def _write_hf_dataset(sink: DatasetSink, folder: str, record: dict[str, Any]) -> str:
+    """Split shards and the dataset card (see hf_dataset); the card's key."""
+    fs, root = sink.fs, sink.root
+    index_key = f"{folder}/{layout.INDEX}"
+    written = record["integrity"]["root"]
+    shards, counts = write_split_shards(
+        fs, root, folder, index_key, written, sink.output.embed_images
+    )
+    record["hf_dataset"] = {
+        "shards": shards,
+        "rows": counts,
+        "embed_images": sink.output.embed_images,
+    }
+    key = f"{folder}/{versions.CARD}"
+    sizes = {s: sum(fs.size(layout.join(root, k)) for k in keys) for s, keys in shards.items()}
+    publish_bytes(fs, layout.join(root, key), dataset_card(record, shards, counts, sizes))
+    return key
 
 
 def recipe_key(manifest_sha256: str) -> str:

@@ -192,6 +192,10 @@ class OutputSpec(_Spec):
         ge=1,
         description="Committed versions whose files are kept; older versions, and outputs only they point to, are removed after a commit.",
     )
+    embed_images: StrictBool = Field(
+        False,
+        description="Hugging Face shards (data/{split}-*.parquet) carry the image and mask bytes: self-contained for the Hub or a copy elsewhere, at the cost of a second copy of every image per version. Off: they carry the paths.",
+    )
     sign_record: str | None = Field(
         None,
         pattern=r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$",
@@ -332,7 +336,14 @@ _NOT_RECIPE: dict[str, Any] = {
     "train": True,  # changes the weights, whose sha256 is on every row; not this dataset's recipe
     "masks": {"__all__": {"uri"}},  # where from_files masks live
     "source": {"uri", "annotations", "inventory", "storage_options"},
-    "output": {"uri", "storage_options", "overwrite", "keep_versions", "sign_record"},
+    "output": {
+        "uri",
+        "storage_options",
+        "overwrite",
+        "keep_versions",
+        "sign_record",
+        "embed_images",
+    },
     # Where weights live and how to reach them; the weights themselves are pinned per row by
     # weights_sha256 (and by the manifest's own pin, which stays in the recipe).
     "inpainter": {"weights", "storage_options"},

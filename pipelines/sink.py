@@ -44,6 +44,7 @@ _OURS = {
     layout.QUARANTINE,
     versions.VERSIONS,
     layout.RECIPES,
+    versions.CARD,
 } | _RESIDUE
 _log = logging.getLogger("synthfill")
 

@@ -29,6 +29,7 @@ from pipelines.faults import strike
 from pipelines.storage import create_bytes, is_local, publish_bytes
 
 VERSIONS = "versions"
+CARD = "README.md"  # the latest version's dataset card, for Hugging Face datasets
 # Columns that say when and by which run a row was made, not what it is: left out of digests.
 VOLATILE = ("run_id", "elapsed_ms")
 # Rows sort by these before a digest (Ray returns rows in any order).
@@ -55,6 +56,7 @@ class Version:
     committed_at: str
     parent: int | None = None
     new_generation: bool = False  # the recipe changed: no rows carried from the parent
+    card: str | None = None  # the Hugging Face dataset card (README.md) of this version
 
     def as_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2).encode()
@@ -157,6 +159,8 @@ def publish_latest(fs: fsspec.AbstractFileSystem, root: str, version: Version) -
         (version.quarantine, layout.QUARANTINE),
         (version.run_record, layout.RUN_RECORD),
     )
+    if version.card is not None:  # load_dataset(<folder>) reads the card at the root
+        copies += ((version.card, CARD),)
     for source, name in copies:
         if source != name:
             replace_with_copy(fs, layout.join(root, source), layout.join(root, name))

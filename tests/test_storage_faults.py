@@ -317,7 +317,17 @@ def commit_sink(sink: DatasetSink, run_id: str) -> Any:
 
     recipe = {"name": "faults"}  # the commit stores the recipe under its own hash
     sha = hashlib.sha256(recipe_bytes(recipe)).hexdigest()
-    record = {"run_id": run_id, "manifest_sha256": sha, "recipe": recipe}
+    record = {  # what a run's record holds that the commit's exports and card read
+        "run_id": run_id,
+        "name": "faults",
+        "manifest_sha256": sha,
+        "recipe": recipe,
+        "manifest": {
+            "resolved": {"seed": 1, "source": {"uri": "s3://x"}, "output": {"uri": "s3://y"}}
+        },
+        "started_at": "2026-11-22T02:00:00+00:00",
+        "finished_at": "2026-11-22T02:01:00+00:00",
+    }
     return commit_version(sink, record, None, everything(nothing_listed), carry_over=False)
 
 
