@@ -29,7 +29,6 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipelines import layout, versions
 from pipelines.errors import RunError
@@ -96,7 +95,7 @@ class Committed:
     def rows(self, columns: list[str] | None) -> Iterator[pa.Table]:
         """The index, a row group at a time, in file order."""
         path = layout.join(self.root, self.version.index)
-        with self.fs.open(path, "rb") as handle, pq.ParquetFile(handle) as parquet:
+        with self.fs.open(path, "rb") as handle, versions.parquet_file(handle) as parquet:
             for group in range(parquet.num_row_groups):
                 yield parquet.read_row_group(group, columns=columns, use_threads=False)
 

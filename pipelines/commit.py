@@ -196,7 +196,7 @@ def _kept(sink: DatasetSink, key: str, ids: pa.Array) -> Iterator[pa.Table]:
         return
     path = layout.join(sink.root, key)
     # row group by row group, in this thread (see versions.read_parquet)
-    with sink.fs.open(path, "rb") as handle, pq.ParquetFile(handle) as parquet:
+    with sink.fs.open(path, "rb") as handle, versions.parquet_file(handle) as parquet:
         for group in range(parquet.num_row_groups):
             table = parquet.read_row_group(group, use_threads=False)
             table = table.filter(pc.is_in(table["image_id"], value_set=ids))

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import layout
+from pipelines import layout, versions
 from pipelines.dataset_card import render
 from pipelines.hf_features import IMAGE, SHARD_COLUMNS, shard_schema
 from pipelines.integrity import HashingWriter
@@ -91,14 +91,14 @@ def _rows_per_group_and_shard(
 def _index_groups(fs: fsspec.AbstractFileSystem, path: str, extra: list[str]) -> Iterator[pa.Table]:
     # A row group at a time, in this thread (see versions.read_parquet).
     columns = list(dict.fromkeys([*extra, *SHARD_COLUMNS]))
-    with fs.open(path, "rb") as handle, pq.ParquetFile(handle) as parquet:
+    with fs.open(path, "rb") as handle, versions.parquet_file(handle) as parquet:
         for group in range(parquet.num_row_groups):
             yield parquet.read_row_group(group, columns=columns, use_threads=False)
 
 
 def _split_counts(fs: fsspec.AbstractFileSystem, path: str) -> Counter[str]:
     counts: Counter[str] = Counter()
-    with fs.open(path, "rb") as handle, pq.ParquetFile(handle) as parquet:
+    with fs.open(path, "rb") as handle, versions.parquet_file(handle) as parquet:
         for group in range(parquet.num_row_groups):
             split = parquet.read_row_group(group, columns=["split"], use_threads=False)["split"]
             counts.update(split.to_pylist())
@@ -108,7 +108,7 @@ def _split_counts(fs: fsspec.AbstractFileSystem, path: str) -> Counter[str]:
 
 def _bytes_per_row(fs: fsspec.AbstractFileSystem, path: str, locate: _Locator) -> int:
     """Output plus mask bytes of a row, averaged over the first rows' files (sizes only)."""
-    with fs.open(path, "rb") as handle, pq.ParquetFile(handle) as parquet:
+    with fs.open(path, "rb") as handle, versions.parquet_file(handle) as parquet:
         if not parquet.metadata.num_rows:
             return 1
         first = parquet.read_row_group(0, columns=["output_uri", "mask_uri"], use_threads=False)

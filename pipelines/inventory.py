@@ -29,8 +29,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
+from pipelines import versions
 from pipelines.errors import RunError
 from pipelines.listing import FOUND_SCHEMA
 
@@ -176,7 +176,7 @@ def _header(fs: Any, path: str, uri: str) -> list[str]:
 def _parquet(fs: Any, path: str, uri: str, bucket: str) -> Iterator[pa.Table]:
     with fs.open(path, "rb") as handle:
         try:
-            parquet = pq.ParquetFile(handle)
+            parquet = versions.parquet_file(handle)
         except pa.ArrowInvalid as exc:
             raise RunError(f"source.inventory {uri!r}: {path} is not Parquet: {exc}") from None
         roles = _columns(parquet.schema_arrow.names, f"source.inventory {uri} ({path})")

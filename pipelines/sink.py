@@ -248,7 +248,7 @@ class DatasetSink:
             rows = 0
             for part in files:
                 with self.fs.open(part, "rb") as handle:
-                    rows += pq.ParquetFile(handle).metadata.num_rows
+                    rows += versions.parquet_file(handle).metadata.num_rows
             failed = self.fs.exists(layout.join(path, layout.RUN_RECORD))
             found.append({**plan, "parts": len(files), "rows": rows, "failed": failed})
         return found

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipelines import credentials
+from pipelines import credentials, versions
 from pipelines.errors import ItemError, Reason, RunError
 from pipelines.inventory import read_inventory
 from pipelines.listing import (
@@ -274,7 +274,8 @@ def load_annotations(uri: str, storage_options: dict[str, Any]) -> dict[str, Ann
         if lower.endswith(".csv"):
             return _from_table(pd.read_csv(io.BytesIO(data)), uri)
         if lower.endswith(".parquet"):
-            return _from_table(pd.read_parquet(io.BytesIO(data)), uri)
+            parquet = versions.parquet_file(io.BytesIO(data))  # in this thread, not Arrow's pool
+            return _from_table(parquet.read(use_threads=False).to_pandas(), uri)
     except (ValueError, OSError, UnicodeDecodeError) as exc:  # malformed JSON / CSV / Parquet
         raise RunError(f"cannot parse source.annotations {uri!r}: {exc}") from None
     raise RunError(f"source.annotations {uri!r}: expected a .json (COCO), .csv or .parquet file")

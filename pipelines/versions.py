@@ -204,14 +204,21 @@ def read_table(
 def read_parquet(
     fs: fsspec.AbstractFileSystem, path: str, columns: list[str] | None = None
 ) -> pa.Table:
-    """Read a Parquet file through fsspec in this thread.
-
-    Not ``pq.read_table(handle)``, and without Arrow's thread pool: a pool thread can drop the
-    last reference to a buffer of the Python file object, and when that happens while the
-    interpreter exits the process aborts (seen as exit code -6 after a successful run).
-    """
-    with fs.open(path, "rb") as handle, pq.ParquetFile(handle) as parquet:
+    """Read a Parquet file through fsspec in this thread (see :func:`parquet_file`)."""
+    with fs.open(path, "rb") as handle, parquet_file(handle) as parquet:
         return parquet.read(columns=columns, use_threads=False)
+
+
+def parquet_file(handle: Any) -> pq.ParquetFile:
+    """A Parquet reader over a Python file object that reads only in the calling thread.
+
+    Every Parquet read of an fsspec file goes through here. Arrow's defaults (``pre_buffer``
+    since pyarrow 26, and ``pq.read_table``) read ahead on Arrow's IO pool; a pool thread can
+    then drop the last reference to a buffer of the Python file object while the interpreter
+    exits, and the process aborts (exit code -6 after a successful run). Reads here are
+    sequential per row group anyway, so nothing is lost.
+    """
+    return pq.ParquetFile(handle, pre_buffer=False)
 
 
 def index_digest(table: pa.Table, root_uri: str | None = None) -> str:

@@ -18,7 +18,7 @@ from conftest import ROOT, write_images
 
 from pipelines.manifest_loader import load_manifest
 from pipelines.run import run_manifest
-from pipelines.versions import index_digest
+from pipelines.versions import index_digest, parquet_file, read_parquet
 
 pytestmark = pytest.mark.slow
 
@@ -464,3 +464,41 @@ def test_an_abandoned_runs_leftovers_are_swept_at_the_next_commit(
     _, index = committed(out)
     on_disk = {p.as_uri() for p in (out / "images").rglob("*.png")}
     assert on_disk == set(index.output_uri)
+
+
+def test_parquet_reads_of_python_files_stay_in_the_calling_thread(tmp_path):
+    """Arrow's IO pool must never read an fsspec file: a pool thread that drops a Python buffer
+    while the interpreter exits aborts the process (exit -6 after a committed run)."""
+    import threading
+
+    import fsspec
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"a": range(5000), "b": ["x"] * 5000}), path, row_group_size=1000)
+    caller = threading.get_ident()
+
+    class Recording:
+        def __init__(self, handle):
+            self.handle, self.threads = handle, set()
+
+        def read(self, n=-1):
+            self.threads.add(threading.get_ident())
+            return self.handle.read(n)
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+    fs = fsspec.filesystem("file")
+    with fs.open(str(path), "rb") as handle:
+        arrow_default = Recording(handle)
+        with pq.ParquetFile(arrow_default) as parquet:
+            parquet.read_row_group(1, use_threads=False)
+    # the hazard is real in this pyarrow: its default reads on other threads
+    assert arrow_default.threads - {caller}
+    with fs.open(str(path), "rb") as handle:
+        ours = Recording(handle)
+        with parquet_file(ours) as parquet:
+            assert parquet.read_row_group(1, use_threads=False)["a"][0].as_py() == 1000
+            assert parquet.read(use_threads=False).num_rows == 5000
+    assert ours.threads == {caller}
+    assert read_parquet(fs, str(path), ["a"]).num_rows == 5000
