@@ -163,6 +163,29 @@ class SplitSpec(_Spec):
         return self
 
 
+_REFERENCE_PATTERN = r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$"
+
+
+class C2paSpec(_Spec):
+    """Signed C2PA manifests on every output (needs the ``c2pa`` extra on every node)."""
+
+    certificate: str = Field(
+        pattern=_REFERENCE_PATTERN,
+        description="${NAME} of a variable holding the PEM certificate chain (signer first, then intermediates; a CA-issued signer, not self-signed), or its path.",
+    )
+    private_key: str = Field(
+        pattern=_REFERENCE_PATTERN,
+        description="${NAME} of a variable holding the signer's PEM private key, or its path.",
+    )
+    algorithm: Literal["es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"] = Field(
+        "es256", description="Signature algorithm; must match the key."
+    )
+    timestamp_url: str | None = Field(
+        None,
+        description="RFC 3161 time-stamping authority to countersign with (a network call per output); none by default.",
+    )
+
+
 class OutputSpec(_Spec):
     """Where and how the dataset is written."""
 
@@ -198,8 +221,12 @@ class OutputSpec(_Spec):
     )
     sign_record: str | None = Field(
         None,
-        pattern=r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$",
+        pattern=_REFERENCE_PATTERN,
         description="Sign each version's run record with Ed25519: a ${NAME} reference to a variable holding a PEM private key (or its path). Writes run.json.sig beside the record; `pipeline audit --trusted-key` checks it.",
+    )
+    c2pa: C2paSpec | None = Field(
+        None,
+        description="Sign every output with a C2PA manifest (content credentials a C2PA validator checks). Signed bytes differ per build, so audits compare pixels.",
     )
 
 
@@ -322,6 +349,8 @@ class Manifest(_Spec):
         itself is pinned per row by ``source_sha256`` (and model weights by ``weights_sha256``).
         """
         exclude = dict(_NOT_RECIPE)
+        if self.output.c2pa is None:  # unsigned: the recipes (and hashes) from before c2pa existed
+            exclude["output"] = {*_NOT_RECIPE["output"], "c2pa"}
         if isinstance(self.inpainter, list):
             exclude["inpainter"] = {"__all__": _NOT_RECIPE["inpainter"]}
         return self.model_dump(mode="json", exclude=exclude)

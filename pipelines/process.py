@@ -25,6 +25,7 @@ from inpaint_ops.inpainters.base import FillJob, InpainterSpec, InpaintFn, fill_
 from inpaint_ops.masks import FromFiles, combine
 from inpaint_ops.masks.base import MaskContext, MaskResult
 from pipelines import layout
+from pipelines.c2pa_credentials import C2paSigner
 from pipelines.codec import decode_image, decode_mask, encode_image, encode_mask
 from pipelines.content_credentials import embed_xmp, source_type_for, xmp_packet
 from pipelines.credentials import access_hint
@@ -114,6 +115,7 @@ class ItemProcessor:
         self.out_fs, self.out_root = filesystem(m.output.uri, m.output.storage_options)
         self.out_root = self.out_root.rstrip("/")
         self.user_masks = next((s for s in m.masks if isinstance(s, FromFiles)), None)
+        self.c2pa = C2paSigner(m.output.c2pa) if m.output.c2pa is not None else None
         self.mask_params = canonical_json([s.model_dump(mode="json") for s in m.masks])
         self.mask_kind = "+".join(s.kind for s in m.masks)
 
@@ -303,11 +305,26 @@ class ItemProcessor:
             fmt = m.output
             image_bytes = encode_image(edit.image, fmt.format, fmt.quality, fmt.png_level)
             image_bytes = embed_xmp(image_bytes, fmt.format, self._xmp(inpainter, p.seeds[v], v))
+            if self.c2pa is not None:
+                image_bytes = self._c2pa(image_bytes, p.item, inpainter)
             mask_bytes = encode_mask(edit.mask)
         row = self._row(p.item, image, made, edit, image_bytes, mask_bytes, inpainter)
         row["fill_leak_max"] = float(fill_leak)
         row["fill_blank"] = is_blank
         return _Output(row, image_bytes, mask_bytes)
+
+    def _c2pa(self, data: bytes, item: dict[str, Any], inpainter: LoadedInpainter) -> bytes:
+        assert self.c2pa is not None
+        fields = {
+            "manifest_sha256": self.plan.manifest_sha256,
+            "source_sha256": item["source_sha256"],
+            "seed": item["seed"],
+            "variant": item["variant"],
+            "inpainter": inpainter.spec.label,
+            "weights_sha256": inpainter.weights_sha256,
+        }
+        trained = source_type_for(inpainter.weights_sha256 is not None)
+        return self.c2pa.sign(data, self.plan.manifest.output.format, trained, fields)
 
     def _xmp(self, inpainter: LoadedInpainter, seed: int, variant: int) -> bytes:
         """The output's content credentials (fixed by the recipe and seed: same bytes again)."""

@@ -8,6 +8,11 @@ worker code that made the row (``ItemProcessor``) runs again on one item into a 
 CPU fills must match bit for bit. Rows filled on a GPU (``inpaint_device`` cuda) may differ in
 the last bits between devices and kernels: they pass when the mask is identical and the image
 is within ``GPU_MIN_PSNR_DB`` of the original.
+
+Outputs signed with C2PA (``output.c2pa``) carry fresh claim ids, so their bytes differ between
+builds by design. They are remade unsigned (an auditor needs no signing key) and compared by
+decoded pixels, and the stored file's manifest must validate and name the row's recipe, source
+and seed: the manifest's hash binding covers every byte of the file outside it.
 """
 
 from __future__ import annotations
@@ -90,7 +95,16 @@ def reproduce_row(
         if made.get("source_sha256") not in (None, row["source_sha256"]):
             return "source_changed", f"{row['source_uri']} has other bytes now"
         return "error", f"made no such row: {made.get('reason')} {made.get('error')}"
-    return _compare(ds, row, match[0], scratch)
+    return _compare(ds, row, match[0], scratch, signed=_signed(ds, row))
+
+
+def _signed(ds: Committed, row: dict[str, Any]) -> bool:
+    recipe = json.loads(ds.fs.cat_file(layout.join(ds.root, recipe_path(row))))
+    return recipe["output"].get("c2pa") is not None
+
+
+def recipe_path(row: dict[str, Any]) -> str:
+    return f"{layout.RECIPES}/{row['manifest_sha256']}.json"
 
 
 def rebuild_plan(
@@ -99,10 +113,11 @@ def rebuild_plan(
     """The manifest and plan that make ``row`` again: its recipe, with only the row's
     inpainter (seeds do not depend on the others), plus where the inputs live now."""
     sha = row["manifest_sha256"]
-    data = ds.fs.cat_file(layout.join(ds.root, f"{layout.RECIPES}/{sha}.json"))
+    data = ds.fs.cat_file(layout.join(ds.root, recipe_path(row)))
     if hashlib.sha256(data).hexdigest() != sha:
         raise ValueError(f"recipes/{sha}.json does not hash to its name")
     recipe = json.loads(data)
+    recipe["output"].pop("c2pa", None)  # remade unsigned: compared by pixels (see the top)
     listed = recipe["inpainter"] if isinstance(recipe["inpainter"], list) else [recipe["inpainter"]]
     own = [spec for spec in listed if (spec.get("name") or spec["kind"]) == row["inpainter"]]
     if len(own) != 1:
@@ -128,21 +143,49 @@ def rebuild_plan(
 
 
 def _compare(
-    ds: Committed, row: dict[str, Any], again: dict[str, Any], scratch: str
+    ds: Committed, row: dict[str, Any], again: dict[str, Any], scratch: str, signed: bool
 ) -> tuple[str, str]:
     differ = [name for name in COMPARED if again.get(name) != row.get(name)]
-    if not differ:
-        return "identical", "every compared field and both hashes equal"
     gpu = str(row.get("inpaint_device") or "").startswith("cuda")
-    if not gpu or differ != ["output_sha256"]:
+    if not signed and not differ:
+        return "identical", "every compared field and both hashes equal"
+    if [name for name in differ if name != "output_sha256"]:
         shown = ", ".join(f"{n}: {row.get(n)!r} -> {again.get(n)!r}" for n in differ[:3])
         return "mismatch", shown
-    original = decode_image(ds.fs.cat_file(layout.join(ds.root, ds.key(row["output_uri"]))))
-    remade = decode_image(_scratch_bytes(again["output_uri"], scratch))
-    psnr = _psnr(original, remade)
-    if psnr >= GPU_MIN_PSNR_DB:
-        return "within_tolerance", f"GPU fill, PSNR {psnr:.1f} dB >= {GPU_MIN_PSNR_DB}"
-    return "mismatch", f"GPU fill, PSNR {psnr:.1f} dB < {GPU_MIN_PSNR_DB}"
+    if not (gpu or signed):
+        return "mismatch", f"output_sha256: {row['output_sha256']} -> {again['output_sha256']}"
+    stored = ds.fs.cat_file(layout.join(ds.root, ds.key(row["output_uri"])))
+    credentials = ""
+    if signed:
+        problem = _credentials_problem(stored, row)
+        if problem:
+            return "mismatch", problem
+        credentials = "; its C2PA manifest validates and names this row"
+    psnr = _psnr(decode_image(stored), decode_image(_scratch_bytes(again["output_uri"], scratch)))
+    if psnr == float("inf"):
+        return "identical", "every compared field and the decoded pixels equal" + credentials
+    if gpu and psnr >= GPU_MIN_PSNR_DB:
+        return (
+            "within_tolerance",
+            f"GPU fill, PSNR {psnr:.1f} dB >= {GPU_MIN_PSNR_DB}" + credentials,
+        )
+    return "mismatch", f"{'GPU' if gpu else 'CPU'} fill, PSNR {psnr:.1f} dB" + credentials
+
+
+def _credentials_problem(data: bytes, row: dict[str, Any]) -> str | None:
+    from pipelines.c2pa_credentials import verify
+
+    fmt = row["output_uri"].rsplit(".", 1)[-1].replace("jpg", "jpeg")
+    verdict = verify(data, fmt)
+    if not verdict.ok:
+        return f"the stored output's {verdict.describe()}"
+    said = verdict.provenance or {}
+    wrong = [
+        k for k in ("manifest_sha256", "source_sha256", "seed", "variant") if said.get(k) != row[k]
+    ]
+    if wrong:
+        return f"its C2PA manifest names another {', '.join(wrong)}"
+    return None
 
 
 def _scratch_bytes(uri: str, scratch: str) -> bytes:
