@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 OPENLINEAGE = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent"
 _FACETS = "https://openlineage.io/spec/facets"
@@ -140,10 +141,16 @@ def _uri(value: str) -> dict[str, str]:
     return {"$": value, "type": "xsd:anyURI"}
 
 
+def _qname(name: str) -> dict[str, str]:
+    """A typed qualified name (a bare string would read back as a plain literal)."""
+    return {"$": name, "type": "prov:QUALIFIED_NAME"}
+
+
 def _prefixes(record: dict[str, Any]) -> dict[str, str]:
     root = record["manifest"]["resolved"]["output"]["uri"].rstrip("/")
     base = root if "://" in root else f"file://{root}"
-    return {**PROV_PREFIXES, "ds": f"{base}/#"}
+    # An IRI namespace: spaces and non-ASCII in a folder name are percent-encoded.
+    return {**PROV_PREFIXES, "ds": quote(base, safe=":/@%+,;=~!$&'()*") + "/#"}
 
 
 def prov_document(record: dict[str, Any]) -> bytes:
@@ -152,7 +159,7 @@ def prov_document(record: dict[str, Any]) -> bytes:
     agent = "ds:synthfill"
     entity: dict[str, Any] = {
         "ds:source": {
-            "prov:type": "prov:Collection",
+            "prov:type": _qname("prov:Collection"),
             "synthfill:uri": _uri(resolved["source"]["uri"]),
         },
         f"ds:recipe-{record['manifest_sha256'][:16]}": {
@@ -171,7 +178,7 @@ def prov_document(record: dict[str, Any]) -> bytes:
         version = f"ds:version-{record['version']}"
         integrity = record.get("integrity") or {}
         entity[version] = {
-            "prov:type": "prov:Collection",
+            "prov:type": _qname("prov:Collection"),
             "synthfill:uri": _uri(resolved["output"]["uri"]),
             "synthfill:rows": integrity.get("leaves", 0),
             "synthfill:merkle_root": integrity.get("merkle_root", ""),
@@ -202,7 +209,7 @@ def _activity(record: dict[str, Any]) -> dict[str, Any]:
 
 def _software(record: dict[str, Any]) -> dict[str, Any]:
     return {
-        "prov:type": {"$": "prov:SoftwareAgent", "type": "prov:QUALIFIED_NAME"},
+        "prov:type": _qname("prov:SoftwareAgent"),
         "synthfill:code_version": record.get("code_version", "unknown"),
     }
 

@@ -163,3 +163,29 @@ def test_one_rows_prov_document_validates(runs):
     prov_validator().validate(document)
     assert any(k.startswith("ds:output-") for k in document["entity"])
     assert document["wasDerivedFrom"]
+
+
+def test_prov_reads_back_typed_and_with_an_iri_namespace(runs):
+    """Collections and the software agent are typed qualified names, run times survive, and a
+    dataset folder with a space and non-ASCII letters still makes a valid namespace IRI."""
+    from prov.identifier import QualifiedName
+    from prov.model import PROV_TYPE, ProvDocument
+
+    from pipelines.exports import prov_document
+
+    record = json.loads((runs["ok"] / "run.json").read_text())
+    record["manifest"]["resolved"]["output"]["uri"] = "/data/shelf sets/Größe"
+    text = prov_document(record).decode()
+    prov_validator().validate(json.loads(text))
+    parsed = ProvDocument.deserialize(content=text, format="json")
+    (namespace,) = [n for n in parsed.namespaces if n.prefix == "ds"]
+    assert namespace.uri == "file:///data/shelf%20sets/Gr%C3%B6%C3%9Fe/#"
+    types = {
+        str(r.identifier.localpart): next(iter(r.get_attribute(PROV_TYPE)), None)
+        for r in parsed.get_records()
+        if r.is_element()
+    }
+    assert isinstance(types["source"], QualifiedName) and types["source"].localpart == "Collection"
+    assert isinstance(types["synthfill"], QualifiedName)
+    (run,) = [r for r in parsed.get_records() if type(r).__name__ == "ProvActivity"]
+    assert run.get_startTime() is not None and run.get_endTime() >= run.get_startTime()
