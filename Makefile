@@ -24,6 +24,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 demo: $(BIN)/.installed
 	$(BIN)/pipeline run manifests/retail_shelf.yaml --overwrite
 	$(BIN)/pipeline run manifests/retail_shelf_compare.yaml --overwrite
+	$(BIN)/pipeline audit out/retail_shelf_compare --reproduce 5
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import layout, versions
+from pipelines.croissant import CROISSANT, croissant
 from pipelines.exports import run_exports
 from pipelines.faults import strike
 from pipelines.hf_dataset import dataset_card, write_split_shards
@@ -116,21 +117,30 @@ def _store_recipe(sink: DatasetSink, record: dict[str, Any]) -> None:
 
 
 def _write_hf_dataset(sink: DatasetSink, folder: str, record: dict[str, Any]) -> str:
-    """Split shards and the dataset card (see hf_dataset); the card's key."""
+    """Split shards, their Croissant metadata and the dataset card (see hf_dataset); the
+    card's key."""
     fs, root = sink.fs, sink.root
     index_key = f"{folder}/{layout.INDEX}"
     written = record["integrity"]["root"]
+    digests: dict[str, dict[str, Any]] = {}
+    embedded = sink.output.embed_images
     shards, counts = write_split_shards(
-        fs, root, folder, index_key, written, sink.output.embed_images
+        fs, root, folder, index_key, written, embedded, digests=digests
     )
+    croissant_key = f"{folder}/{CROISSANT}"
     record["hf_dataset"] = {
         "shards": shards,
         "rows": counts,
-        "embed_images": sink.output.embed_images,
+        "embed_images": embedded,
+        "files": digests,  # shard key -> sha256 and bytes, as written
+        "croissant": croissant_key,
     }
+    metadata = croissant(record, shards, digests, embedded=embedded)
+    publish_bytes(fs, layout.join(root, croissant_key), metadata)
     key = f"{folder}/{versions.CARD}"
-    sizes = {s: sum(fs.size(layout.join(root, k)) for k in keys) for s, keys in shards.items()}
-    publish_bytes(fs, layout.join(root, key), dataset_card(record, shards, counts, sizes))
+    sizes = {s: sum(digests[k]["bytes"] for k in keys) for s, keys in shards.items()}
+    card = dataset_card(record, shards, counts, sizes, croissant=croissant_key)
+    publish_bytes(fs, layout.join(root, key), card)
     return key
 
 

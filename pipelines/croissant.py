@@ -19,6 +19,7 @@ import pyarrow as pa
 from pipelines.hf_features import IMAGE, SHARD_SCHEMA
 
 CONFORMS_TO = "http://mlcommons.org/croissant/1.0"
+CROISSANT = "croissant.json"  # beside each version's shards
 FILE_SET = "parquet-shards"
 RECORD_SET = "default"
 _CR = "cr:"

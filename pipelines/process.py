@@ -12,8 +12,6 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,19 +20,17 @@ import numpy as np
 from inpaint_ops.augment import Augmented, build_augmenter
 from inpaint_ops.composite import blank_fill, composite, leak, mask_fraction
 from inpaint_ops.inpainters.base import FillJob, InpainterSpec, InpaintFn, fill_many
-from inpaint_ops.masks import FromFiles, combine
-from inpaint_ops.masks.base import MaskContext, MaskResult
+from inpaint_ops.masks.base import MaskResult
 from pipelines import layout
 from pipelines.c2pa_credentials import C2paSigner
-from pipelines.codec import decode_image, decode_mask, encode_image, encode_mask
+from pipelines.codec import encode_image, encode_mask
 from pipelines.content_credentials import embed_xmp, source_type_for, xmp_packet
-from pipelines.credentials import access_hint
 from pipelines.errors import ItemError, Reason, RunError
-from pipelines.faults import strike
 from pipelines.manifest import Manifest, canonical_json
+from pipelines.prepare import Prepared, SourceReader, guard
 from pipelines.pseudonyms import SOURCE_KEY, scrub
-from pipelines.seeding import rng_for, unit_interval, variant_seed
-from pipelines.sources import filesystem, read_bytes, read_object
+from pipelines.seeding import rng_for, unit_interval
+from pipelines.sources import filesystem
 from pipelines.storage import publish_bytes
 from pipelines.weights import fetch_weights
 
@@ -53,39 +49,11 @@ class RunPlan:
     weights_sha256: dict[str, str] = field(default_factory=dict)
 
 
-@contextmanager
-def guard(stage: str, reason: Reason) -> Iterator[None]:
-    """Turn any exception inside a stage into an ItemError naming the stage and a reason."""
-    try:
-        yield
-    except ItemError as err:
-        err.stage = err.stage or stage
-        raise
-    except RunError:  # not the item's fault (e.g. a ${NAME} unset on this node): stop the run
-        raise
-    except Exception as exc:  # every failure becomes a quarantine row naming it
-        raise ItemError(reason, f"{type(exc).__name__}: {exc}", stage) from exc
-
-
 @dataclass
 class _Output:
     row: dict[str, Any]
     image_bytes: bytes
     mask_bytes: bytes
-
-
-@dataclass
-class _Prepared:
-    """An item read, decoded and masked, waiting for its fills (or the error that stopped it)."""
-
-    item: dict[str, Any]
-    start: float
-    image: np.ndarray | None = None
-    context: MaskContext | None = None
-    masks: list[MaskResult] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=list)
-    fills: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    error: ItemError | None = None
 
 
 @dataclass(frozen=True)
@@ -109,12 +77,9 @@ class ItemProcessor:
         kinds = tuple(s.kind for s in m.masks)
         self.inpainters = [self._load(spec.for_masks(kinds)) for spec in m.inpainters]
         self.augmenter = build_augmenter(m.augment)
-        # Sources are read as root + image_id through one filesystem opened here: no per-item
-        # URL parsing, and a ${NAME} missing on this node fails the actor at once.
-        self.source_fs, self.source_root = filesystem(m.source.uri, m.source.storage_options)
+        self.reader = SourceReader(plan)
         self.out_fs, self.out_root = filesystem(m.output.uri, m.output.storage_options)
         self.out_root = self.out_root.rstrip("/")
-        self.user_masks = next((s for s in m.masks if isinstance(s, FromFiles)), None)
         self.c2pa = C2paSigner(m.output.c2pa) if m.output.c2pa is not None else None
         self.mask_params = canonical_json([s.model_dump(mode="json") for s in m.masks])
         self.mask_kind = "+".join(s.kind for s in m.masks)
@@ -142,7 +107,7 @@ class ItemProcessor:
 
     def process(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Rows for a batch of items; fills of the whole batch share model calls."""
-        prepared = [self._prepare(dict(item)) for item in items]
+        prepared = [self.reader.prepare(dict(item)) for item in items]
         ready = [p for p in prepared if p.error is None]
         for inpainter in self.inpainters:
             self._fill(inpainter, ready)
@@ -158,65 +123,7 @@ class ItemProcessor:
             p.image, p.fills, p.masks = None, {}, []  # free each item once it is written
         return rows
 
-    def _prepare(self, item: dict[str, Any]) -> _Prepared:
-        p = _Prepared(item, time.perf_counter())
-        try:
-            self._read(p)
-        except ItemError as err:
-            p.error = err
-        return p
-
-    def _read(self, p: _Prepared) -> None:
-        m, item = self.plan.manifest, p.item
-        with guard("read", Reason.UNEXPECTED_ERROR):
-            strike(f"item:{item['image_id']}")  # reliability tests: poison, hung, failing items
-        # A pseudonymous source is read by its real key; messages name only item["uri"].
-        key = item.get(SOURCE_KEY) or item["image_id"]
-        with guard("read", Reason.BAD_IMAGE_ID):
-            layout.check_image_id(item["image_id"])
-            layout.check_image_id(key)
-        with guard("read", Reason.READ_ERROR):
-            try:
-                # Checked against the listing: a body cut short in transit is never decoded.
-                data = read_object(
-                    self.source_fs,
-                    layout.join(self.source_root, key),
-                    size=item.get("size"),
-                    etag=item.get("etag"),
-                    label=item["uri"],
-                )
-            except FileNotFoundError as exc:
-                raise ItemError(Reason.MISSING, f"{item['uri']} no longer exists", "read") from exc
-            except PermissionError as exc:
-                # Refused credentials (expired, revoked) refuse every item alike: stop the run
-                # with the cause instead of quarantining the whole source as read_error.
-                private = item.get(SOURCE_KEY)  # the message quotes the real path
-                cause = scrub(str(exc), private, item["image_id"]) if private else str(exc)
-                raise RunError(
-                    f"cannot read source {item['uri']}: {cause}" + access_hint(exc)
-                ) from (None if private else exc)
-        item["source_sha256"] = hashlib.sha256(data).hexdigest()
-        with guard("decode", Reason.DECODE_ERROR):
-            p.image = decode_image(
-                data, max_pixels=m.source.max_pixels, name=item["image_id"], dicom=m.source.dicom
-            )
-        p.image.flags.writeable = False  # shared by every fill: an in-place edit is a bug
-        with guard("read", Reason.READ_ERROR):
-            p.context = self._context(item, p.image)
-        for v in range(m.variants):
-            item["variant"] = v
-            seed = item["seed"] = variant_seed(m.seed, item["image_id"], v)
-            with guard("mask", Reason.MASK_ERROR):
-                made = combine(m.masks, p.image, p.context, rng_for(seed, "mask"))
-            if not made.mask.any():
-                raise ItemError(
-                    Reason.EMPTY_MASK, f"{self.mask_kind} produced an empty mask", "mask"
-                )
-            p.masks.append(made)
-            p.seeds.append(seed)
-        item["variant"] = item["seed"] = None
-
-    def _fill(self, inpainter: LoadedInpainter, ready: list[_Prepared]) -> None:
+    def _fill(self, inpainter: LoadedInpainter, ready: list[Prepared]) -> None:
         """Fill every variant of every ready item, batched; a failure stays with its item."""
         label = inpainter.spec.label
         ready = [p for p in ready if p.error is None]  # an earlier inpainter may have failed one
@@ -240,14 +147,14 @@ class ItemProcessor:
                 err.detail = f"{label}: {err.detail}"
                 p.error = err
 
-    def _jobs(self, p: _Prepared) -> list[FillJob]:
+    def _jobs(self, p: Prepared) -> list[FillJob]:
         assert p.image is not None
         return [
             (p.image, made.mask, rng_for(seed, "inpaint"))
             for made, seed in zip(p.masks, p.seeds, strict=True)
         ]
 
-    def _finish(self, p: _Prepared) -> list[dict[str, Any]]:
+    def _finish(self, p: Prepared) -> list[dict[str, Any]]:
         outs = [
             self._output(p, v, inpainter)
             for v in range(len(p.masks))
@@ -263,25 +170,7 @@ class ItemProcessor:
             out.row["elapsed_ms"] = round(per_output, 3)
         return [out.row for out in outs]
 
-    def _context(self, item: dict[str, Any], image: np.ndarray) -> MaskContext:
-        boxes = np.asarray(item.get("boxes") or [], dtype=np.float64).reshape(-1, 4)
-        labels = tuple(item.get("labels") or ())
-        user_mask = None
-        if self.user_masks is not None:
-            user_mask = self._read_user_mask(item.get(SOURCE_KEY) or item["image_id"])
-        return MaskContext(item["image_id"], boxes, labels, user_mask)
-
-    def _read_user_mask(self, image_id: str) -> np.ndarray | None:
-        spec = self.user_masks
-        uri = spec.uri.rstrip("/") + "/" + spec.mask_key(image_id)
-        with guard("mask", Reason.MASK_ERROR):
-            try:
-                data = read_bytes(uri, self.plan.manifest.source.storage_options)
-            except FileNotFoundError:
-                return None  # the generator reports the missing mask with the image_id
-            return decode_mask(data, max_pixels=self.plan.manifest.source.max_pixels)
-
-    def _output(self, p: _Prepared, v: int, inpainter: LoadedInpainter) -> _Output:
+    def _output(self, p: Prepared, v: int, inpainter: LoadedInpainter) -> _Output:
         m, image, context, made = self.plan.manifest, p.image, p.context, p.masks[v]
         assert image is not None and context is not None
         p.item["variant"], p.item["seed"] = v, p.seeds[v]

@@ -29,7 +29,6 @@ from PIL import Image
 
 from pipelines import hf_dataset
 from pipelines.codec import encode_image
-from pipelines.croissant import croissant
 from pipelines.errors import RunError
 from pipelines.hf_features import SHARD_SCHEMA, card_features, features, shard_schema
 from pipelines.manifest_loader import load_manifest
@@ -53,7 +52,7 @@ def small_shards():
 
 @pytest.fixture(scope="module")
 def made(ray_local, tmp_path_factory) -> dict[str, Path]:
-    """Two committed datasets, ``paths`` and ``embedded``, with a croissant.json each."""
+    """Two committed datasets, ``paths`` and ``embedded`` (each with its croissant.json)."""
     from pipelines.run import run_manifest
 
     work = tmp_path_factory.mktemp("loaders")
@@ -75,18 +74,8 @@ def made(ray_local, tmp_path_factory) -> dict[str, Path]:
         with small_shards() if embed else nullcontext():
             summary = run_manifest(load_manifest(path))
         assert summary.status == "committed" and summary.rows_written == ROWS
-        write_croissant(work / name, embed)
         out[name] = work / name
     return out
-
-
-def write_croissant(root: Path, embedded: bool) -> None:
-    """croissant.json beside the version's shards (the commit does not write it yet)."""
-    record = json.loads((root / "run.json").read_text())
-    shards = record["hf_dataset"]["shards"]
-    digests = {k: file_digest(root / k) for keys in shards.values() for k in keys}
-    folder = root / committed(root)["index"].rsplit("/", 1)[0]
-    (folder / "croissant.json").write_bytes(croissant(record, shards, digests, embedded=embedded))
 
 
 def file_digest(path: Path) -> dict:
@@ -258,7 +247,18 @@ def test_the_card_points_load_dataset_at_this_versions_shards(made):
 @pytest.mark.parametrize("name", ["paths", "embedded"])
 def test_croissant_validates_and_its_records_are_the_rows(made, name):
     mlc = pytest.importorskip("mlcroissant")
-    path = next(made[name].glob("versions/*/croissant.json"))
+    record = json.loads((made[name] / "run.json").read_text())
+    path = made[name] / record["hf_dataset"]["croissant"]
+    # every shard it lists is the file committed, by sha256 and size
+    listed = [f for f in json.loads(path.read_text())["distribution"] if "sha256" in f]
+    shards = [k for keys in record["hf_dataset"]["shards"].values() for k in keys]
+    assert len(listed) == len(shards) > 0
+    for entry, key in zip(sorted(listed, key=lambda f: f["name"]), sorted(shards), strict=True):
+        assert key.endswith(entry["contentUrl"])
+        digest = file_digest(made[name] / key)
+        assert entry["sha256"] == digest["sha256"] == record["hf_dataset"]["files"][key]["sha256"]
+        assert entry["contentSize"] == f"{digest['bytes']} B"
+    assert "croissant.json" in (made[name] / "README.md").read_text()
     dataset = mlc.Dataset(jsonld=path)
     records = list(dataset.records("default"))
     assert len(records) == ROWS
