@@ -35,7 +35,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # errors keep whole paths on one line (grep, copy)
 out = Console()
 
 ManifestArg = Annotated[
@@ -448,6 +448,115 @@ def _print_status(report: dict) -> None:
                 else "; the recipe changed, so the next version is built from scratch"
             )
         )
+
+
+Gate = Annotated[float | None, typer.Option(help="Overrides the manifest's qc gate.")]
+
+
+@app.command()
+def evaluate(
+    target: DatasetArg,
+    features: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="A TorchScript feature extractor (images in, one vector each out: e.g. "
+            "Inception's pool features) for FID, KID and P-IDS/U-IDS. None is downloaded.",
+        ),
+    ] = None,
+    input_size: Annotated[int, typer.Option(help="Side the extractor takes images at.")] = 299,
+    device: Annotated[str, typer.Option(help="Where the extractor runs.")] = "cpu",
+    max_leak: Gate = None,
+    max_seam: Gate = None,
+    min_masked_psnr: Gate = None,
+    min_diversity: Gate = None,
+    set_: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Measure the fills of a committed dataset: per row, per source, per mask-area bin.
+
+    Per row: masked PSNR/SSIM against the real content the hole covered, leak outside the
+    hole, seam score at its boundary, blank outputs; per source: diversity of its variants; per
+    dataset (with --features): FID, KID, P-IDS/U-IDS. QC gates (the manifest's qc: section or
+    the options) mark failing rows rejected. Writes evaluation/metrics.parquet and summary.json
+    beside the version.
+    """
+    from pipelines.evaluate import evaluate_dataset
+    from pipelines.manifest import QcSpec
+
+    output, manifest = _dataset(target, set_)
+    given = {"max_leak": max_leak, "max_seam": max_seam, "min_masked_psnr": min_masked_psnr}
+    given["min_diversity"] = min_diversity
+    base = manifest.qc if manifest is not None else QcSpec()
+    gates = QcSpec(**{**base.model_dump(), **{k: v for k, v in given.items() if v is not None}})
+    try:
+        extractor = _extractor(features, input_size, device) if features else None
+        with ProgressBar("evaluate", unit="rows") as bar:
+            done = evaluate_dataset(
+                output, manifest, extractor=extractor, gates=gates, progress=bar
+            )
+    except (RunError, ValueError) as exc:
+        err.print(f"[bold red]cannot evaluate:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(done.summary, indent=2))
+        return
+    _print_evaluation(done.summary)
+    out.print(f"metrics: {done.metrics_uri}\nsummary: {done.summary_uri}", soft_wrap=True)
+
+
+def _extractor(path: Path, input_size: int, device: str):  # noqa: ANN202
+    from inpaint_ops.distribution import FeatureExtractor
+
+    return FeatureExtractor(str(path), input_size=input_size, device=device)
+
+
+def _print_evaluation(summary: dict) -> None:
+    columns = ("bin", "rows", "PSNR dB", "SSIM", "seam", "diversity", "leak", "FID", "rejected")
+    keys = ("masked_psnr", "masked_ssim", "seam", "diversity", "leak_mean", "fid")
+    for label, figures in summary["by_inpainter"].items():
+        table = Table(title=f"{label}: {figures['rows']} rows, {figures['compared']} compared")
+        for column in columns:
+            table.add_column(column, justify="left" if column == "bin" else "right")
+        for name, row in [("all", figures), *figures["bins"].items()]:
+            cells = ["-" if row.get(k) is None else f"{row[k]:.3f}" for k in keys]
+            table.add_row(name, str(row["rows"]), *cells, str(row["rejected"]))
+        out.print(table)
+    reasons = ", ".join(f"{n} {r}" for r, n in summary["rejected_by_reason"].items())
+    out.print(
+        f"{summary['ok']} ok, {summary['rejected']} rejected" + (f" ({reasons})" if reasons else "")
+    )
+
+
+@app.command()
+def preview(
+    target: DatasetArg,
+    sources: Annotated[int, typer.Option(min=1, help="Sources on the contact sheet.")] = 8,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            file_okay=False,
+            help="Write here (a local folder) instead of beside the version.",
+        ),
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """A contact sheet (source | masks | each variant) and a self-contained HTML report.
+
+    The report holds the sheet, the evaluation by mask-area bin (run first when the version
+    has none) and the run's throughput over time; one file, nothing fetched when opened.
+    """
+    from pipelines.preview import preview_dataset
+
+    output, manifest = _dataset(target, set_)
+    try:
+        done = preview_dataset(output, manifest, sources=sources, out=out_dir)
+    except (RunError, ValueError) as exc:
+        err.print(f"[bold red]cannot preview:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    out.print(f"contact sheet: {done.sheet_uri}\nreport: {done.report_uri}", soft_wrap=True)
 
 
 @app.command()

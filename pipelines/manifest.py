@@ -230,6 +230,30 @@ class OutputSpec(_Spec):
     )
 
 
+class QcSpec(_Spec):
+    """Quality gates ``pipeline evaluate`` applies: a failing row is marked ``rejected`` in the
+    evaluation's metrics, with the gate it failed (the index never changes)."""
+
+    max_leak: float | None = Field(
+        None, ge=0, description="Mean absolute change outside the hole, in 8-bit grey levels."
+    )
+    max_seam: float | None = Field(
+        None, gt=0, description="Seam score at the hole's boundary (about 1: no visible seam)."
+    )
+    min_masked_psnr: float | None = Field(
+        None, description="dB of the hole against the real content it covered."
+    )
+    min_diversity: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="1 - mean pairwise MS-SSIM of one source's variants (0: all the same image).",
+    )
+    reject_blank: StrictBool = Field(
+        True, description="Reject outputs (or fills) that are one flat value, e.g. black."
+    )
+
+
 class ComputeSpec(_Spec):
     """How the work is spread; never changes a result."""
 
@@ -294,6 +318,10 @@ class Manifest(_Spec):
     split: SplitSpec = Field(default_factory=SplitSpec)
     output: OutputSpec
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
+    qc: QcSpec = Field(
+        default_factory=QcSpec,
+        description="Quality gates for `pipeline evaluate` (rows failing one are marked rejected).",
+    )
     train: TrainSpec | None = Field(
         None, description="How `pipeline train` fits a maskaware model to this source and masks."
     )
@@ -362,6 +390,7 @@ class Manifest(_Spec):
 
 _NOT_RECIPE: dict[str, Any] = {
     "compute": True,
+    "qc": True,  # judges rows after the fact; decides no pixel
     "train": True,  # changes the weights, whose sha256 is on every row; not this dataset's recipe
     "masks": {"__all__": {"uri"}},  # where from_files masks live
     "source": {"uri", "annotations", "inventory", "storage_options"},

@@ -254,7 +254,11 @@ def _execute(
         timings["ray_init"] = time.perf_counter() - start
         tables = execute(plan, items, gpus, record["ray"])
         try:
-            per_node = _stream(tables, sink, already_done, already_done + len(items), progress)
+            timeline: list[tuple[float, int]] = []
+            per_node = _stream(
+                tables, sink, already_done, already_done + len(items), progress, timeline
+            )
+            record["timeline"] = _timeline(timeline, start)
         finally:
             # A failed run must not leave Ray's executor (and its actors holding the CPUs)
             # alive while its error is referenced: the next run in this process would wait
@@ -268,9 +272,15 @@ def _execute(
 
 
 def _stream(
-    tables: Any, sink: DatasetSink, done: int, total: int, progress: Progress | None
+    tables: Any,
+    sink: DatasetSink,
+    done: int,
+    total: int,
+    progress: Progress | None,
+    timeline: list[tuple[float, int]],
 ) -> dict[str, int]:
-    """Write every work table to the sink; return the items each Ray node processed."""
+    """Write every work table to the sink; return the items each Ray node processed.
+    ``timeline`` gets (time, items done) as each table arrives."""
     from pipelines.ray_plan import NODE_COLUMN
 
     per_node = Counter[str]()
@@ -282,9 +292,26 @@ def _stream(
         for node, finished in zip(nodes.to_pylist(), items.to_pylist(), strict=True):
             per_node[node] += finished
             done += finished
+        timeline.append((time.perf_counter(), done))
         if progress:
             progress(done, total)
     return dict(per_node)
+
+
+TIMELINE_POINTS = 240  # enough for a plot; a run of millions of items keeps a small record
+
+
+def _timeline(points: list[tuple[float, int]], start: float) -> dict[str, list[float]]:
+    """Items done over seconds since the execute stage began (Ray start-up included), thinned
+    evenly to at most TIMELINE_POINTS (the last point always kept)."""
+    step = max(1, -(-len(points) // TIMELINE_POINTS))
+    kept = points[::step]
+    if points and kept[-1] is not points[-1]:
+        kept.append(points[-1])
+    return {
+        "t_s": [round(t - start, 3) for t, _ in kept],
+        "items_done": [float(n) for _, n in kept],
+    }
 
 
 def _count(summary: RunSummary, sink: DatasetSink, variants: int) -> None:

@@ -1,0 +1,201 @@
+"""`pipeline evaluate` and `pipeline preview` on committed datasets made by the demo manifests.
+
+The compare manifest (a classical and a trained fill side by side) runs once over two bundled
+shelf photos; tests evaluate it, gate it, break an output on a copy, and render the preview's
+HTML report in headless Chromium (Debian's ``chromium``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import ROOT
+from PIL import Image
+
+from inpaint_ops.distribution import FeatureExtractor, make_random_extractor
+from inpaint_ops.metrics import area_bin
+from pipelines.evaluate import evaluate_dataset
+from pipelines.manifest import OutputSpec, QcSpec
+from pipelines.preview import preview_dataset
+
+SHELVES = ROOT / "samples" / "shelves"
+
+
+@pytest.fixture(scope="module")
+def made(ray_local, tmp_path_factory) -> Path:
+    """A committed dataset of 2 shelves x 2 variants x 2 inpainters."""
+    from pipelines.manifest_loader import load_manifest
+    from pipelines.run import run_manifest
+
+    work = tmp_path_factory.mktemp("evaluate")
+    sources = work / "shelves"
+    sources.mkdir()
+    for name in ("shelf_000.jpg", "shelf_001.jpg", "boxes.csv"):
+        shutil.copy(SHELVES / name, sources / name)
+    text = (ROOT / "manifests" / "retail_shelf_compare.yaml").read_text()
+    text = text.replace("../samples/shelves", str(sources))
+    weights = str(ROOT / "checkpoints" / "retail_shelf.safetensors")
+    text = text.replace("../checkpoints/retail_shelf.safetensors", weights)
+    text = text.replace("../out/retail_shelf_compare", str(work / "dataset"))
+    (work / "compare.yaml").write_text(text)
+    summary = run_manifest(load_manifest(work / "compare.yaml"))
+    assert summary.status == "committed" and summary.rows_written == 8, summary.message
+    return work
+
+
+def evaluate(folder: Path, **options):
+    return evaluate_dataset(OutputSpec(uri=str(folder)), **options)
+
+
+def metrics_of(done) -> list[dict]:
+    return pq.read_table(done.metrics_uri.removeprefix("file://")).to_pylist()
+
+
+def test_every_row_is_measured_against_its_source(made):
+    done = evaluate(made / "dataset")
+    rows = metrics_of(done)
+    index = pq.read_table(made / "dataset" / "index.parquet").to_pylist()
+    assert len(rows) == len(index) == 8 and done.summary["rows"] == 8
+    assert {r["inpainter"] for r in rows} == {"telea", "maskaware"}
+    for row, source_row in zip(rows, index, strict=True):
+        assert (row["image_id"], row["variant"]) == (source_row["image_id"], source_row["variant"])
+        assert row["compared"] and row["status"] == "ok" and not row["blank"]
+        # a fill never reproduces shelf products exactly, yet resembles its surroundings
+        assert 5 < row["masked_psnr"] < 60 and 0 < row["masked_ssim"] < 1
+        assert row["leak_mean"] < 3  # JPEG re-encoding only: the composite keeps the rest
+        assert row["seam"] > 0 and 0 < row["diversity"] < 1
+        assert row["area_bin"] == area_bin(source_row["mask_fraction"])
+    for label, figures in done.summary["by_inpainter"].items():
+        assert figures["rows"] == figures["compared"] == 4, label
+        own = [r["masked_psnr"] for r in rows if r["inpainter"] == label]
+        assert figures["masked_psnr"] == pytest.approx(np.mean(own), abs=1e-5)
+        assert sum(b["rows"] for b in figures["bins"].values()) == 4
+    written = json.loads(Path(done.summary_uri.removeprefix("file://")).read_text())
+    assert written == done.summary
+
+
+def test_gates_reject_rows_with_their_reason_and_leave_the_index_alone(made, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(made / "dataset", folder)
+    index = folder / "index.parquet"
+    before = hashlib.sha256(index.read_bytes()).hexdigest()
+    rows = pq.read_table(index).to_pylist()
+    victim = Path(
+        rows[1]["output_uri"].removeprefix("file://").replace(str(made / "dataset"), str(folder))
+    )
+    black = Image.new("RGB", Image.open(victim).size)
+    buffer = io.BytesIO()
+    black.save(buffer, "JPEG")
+    victim.write_bytes(buffer.getvalue())
+
+    done = evaluate(folder, gates=QcSpec(min_masked_psnr=8.0, max_leak=1000))
+    found = metrics_of(done)
+    assert found[1]["blank"] and found[1]["status"] == "rejected"
+    assert found[1]["reason"] == "blank output"
+    for row in found:
+        expected = row["blank"] or row["masked_psnr"] < 8.0
+        assert (row["status"] == "rejected") == expected, row
+    assert done.summary["rejected_by_reason"]["blank output"] == 1
+    assert done.summary["ok"] + done.summary["rejected"] == 8
+
+    strict = metrics_of(evaluate(folder, gates=QcSpec(min_diversity=0.99)))
+    assert all(r["status"] == "rejected" for r in strict)
+    assert {r["reason"].split(" ")[0] for r in strict} == {"blank", "diversity"}
+    assert hashlib.sha256(index.read_bytes()).hexdigest() == before  # the index never changes
+
+
+def test_features_give_fid_kid_and_ids_per_inpainter(made, tmp_path):
+    sha = make_random_extractor(tmp_path / "extractor.pt", dim=32)
+    extractor = FeatureExtractor(tmp_path / "extractor.pt", input_size=64)
+    summary = evaluate(made / "dataset", extractor=extractor).summary
+    assert summary["features"] == {"sha256": sha, "input_size": 64}
+    for label, figures in summary["by_inpainter"].items():
+        assert figures["feature_rows"] == 4, label
+        assert figures["fid"] > 0 and math.isfinite(figures["fid"])
+        assert math.isfinite(figures["kid"]) and 0 <= figures["u_ids"] <= 1
+        assert 0 <= figures["p_ids"] <= 1
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have Debian's chromium (installed by .ci/run)")
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    return found
+
+
+def test_the_preview_report_renders_in_headless_chromium(made, tmp_path):
+    done = preview_dataset(OutputSpec(uri=str(made / "dataset")), out=tmp_path / "preview")
+    assert done.sources == 2
+    sheet = Image.open(done.sheet_uri)
+    # per source: 1 line of source + masks, 1 line per inpainter; 3 columns (source, v0, v1)
+    assert sheet.height > 2 * 3 * 176 and sheet.width > 3 * 176
+    html = Path(done.report_uri).read_text()
+    images = len(re.findall(r"<img ", html))
+    assert images == 1 and html.count("<svg") >= 9
+    assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+    browser = chromium()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    url = Path(done.report_uri).as_uri()
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [browser, *flags, "--window-size=1280,2000", f"--screenshot={shot}", url],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert pixels.shape == (2000, 1280)
+    assert pixels.std() > 20 and (pixels < 128).mean() > 0.05  # not a blank white page
+    dom = subprocess.run(
+        [browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
+    ).stdout
+    assert f'data-images-loaded="{images}"' in dom  # every inlined image decoded
+
+
+def test_cli_evaluate_and_preview_write_beside_the_version(made):
+    dataset = str(made / "dataset")
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "evaluate", dataset, "--json", "--max-seam", "0.0001"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["rows"] == summary["rejected"] == 8
+    assert summary["gates"]["max_seam"] == 0.0001
+    shown = subprocess.run(
+        [sys.executable, "-m", "cli", "preview", dataset],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=180,
+    )
+    assert shown.returncode == 0, shown.stderr
+    version = json.loads((made / "dataset" / "_COMMITTED").read_text())["index"].rsplit("/", 1)[0]
+    for key in ("evaluation/metrics.parquet", "preview/contact_sheet.png", "preview/report.html"):
+        assert (made / "dataset" / version / key).is_file(), key
+    missing = subprocess.run(
+        [sys.executable, "-m", "cli", "evaluate", str(made / "nothing-here")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert missing.returncode == 1 and "no committed dataset" in missing.stderr
