@@ -467,6 +467,9 @@ def evaluate(
     ] = None,
     input_size: Annotated[int, typer.Option(help="Side the extractor takes images at.")] = 299,
     device: Annotated[str, typer.Option(help="Where the extractor runs.")] = "cpu",
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Only the first N sources (a quick look).")
+    ] = None,
     max_leak: Gate = None,
     max_seam: Gate = None,
     min_masked_psnr: Gate = None,
@@ -494,7 +497,7 @@ def evaluate(
         extractor = _extractor(features, input_size, device) if features else None
         with ProgressBar("evaluate", unit="rows") as bar:
             done = evaluate_dataset(
-                output, manifest, extractor=extractor, gates=gates, progress=bar
+                output, manifest, extractor=extractor, gates=gates, limit=limit, progress=bar
             )
     except (RunError, ValueError) as exc:
         err.print(f"[bold red]cannot evaluate:[/] {exc}", highlight=False)

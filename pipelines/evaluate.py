@@ -30,6 +30,7 @@ import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -99,12 +100,14 @@ def evaluate_dataset(
     *,
     extractor: Any | None = None,
     gates: QcSpec | None = None,
+    limit: int | None = None,
     progress: Progress | None = None,
 ) -> Evaluation:
     """Evaluate the latest committed version of ``output`` and write the metrics beside it.
 
     ``extractor`` (an ``inpaint_ops.distribution.FeatureExtractor``) adds FID, KID and
-    P-IDS/U-IDS; ``gates`` default to the manifest's ``qc`` section.
+    P-IDS/U-IDS; ``gates`` default to the manifest's ``qc`` section; ``limit`` evaluates only
+    the first sources of the index (a quick look at a large dataset).
     """
     ds = open_committed(output)
     gates = gates or (manifest.qc if manifest is not None else None) or QcSpec()
@@ -112,7 +115,7 @@ def evaluate_dataset(
     rows: list[dict[str, Any]] = []
     features: Features = {}
     total = int((ds.record.get("integrity") or {}).get("leaves") or 0)
-    for group in _source_groups(ds):
+    for group in islice(_source_groups(ds), limit):
         source, note = _source(group[0], access, recipes)
         made = [_row_metrics(ds, row, source, note) for row in group]
         _diversity(made)

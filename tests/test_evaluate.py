@@ -191,6 +191,14 @@ def test_cli_evaluate_and_preview_write_beside_the_version(made):
     version = json.loads((made / "dataset" / "_COMMITTED").read_text())["index"].rsplit("/", 1)[0]
     for key in ("evaluation/metrics.parquet", "preview/contact_sheet.png", "preview/report.html"):
         assert (made / "dataset" / version / key).is_file(), key
+    first = subprocess.run(
+        [sys.executable, "-m", "cli", "evaluate", dataset, "--limit", "1", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=180,
+    )
+    assert json.loads(first.stdout)["rows"] == 4  # one source: 2 variants x 2 inpainters
     missing = subprocess.run(
         [sys.executable, "-m", "cli", "evaluate", str(made / "nothing-here")],
         capture_output=True,
