@@ -33,8 +33,13 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Each benchmark prints one JSON document and writes it to benchmarks/results/ (about 30 min on
+# 2 cores; the first run also installs IOPaint into a virtualenv of its own for the comparison).
 bench: $(BIN)/.installed
-	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/throughput.py | tee benchmarks/results/throughput.json
+	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/iopaint_compare.py
+	$(BIN)/python benchmarks/quality.py --minutes 5 --domains shelves --out benchmarks/results/quality_quick.json
 
 samples: $(BIN)/.installed
 	$(BIN)/pipeline samples samples
