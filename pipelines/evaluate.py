@@ -50,6 +50,7 @@ from pipelines.audit import Committed, open_committed
 from pipelines.audit_inputs import Access
 from pipelines.codec import decode_image, decode_mask
 from pipelines.dicom import DicomSpec
+from pipelines.errors import ItemError, RunError
 from pipelines.manifest import Manifest, OutputSpec, QcSpec
 from pipelines.sources import read_bytes
 from pipelines.storage import publish_bytes
@@ -168,7 +169,7 @@ def _source(
         return None, "pseudonymized source"
     try:
         data = read_bytes(row["source_uri"], access.source)
-    except (OSError, ValueError) as exc:  # gone, refused: the row is still evaluated alone
+    except (OSError, ValueError, ItemError) as exc:  # gone, refused: evaluated without it
         return None, f"source unreadable: {type(exc).__name__}"
     if hashlib.sha256(data).hexdigest() != row["source_sha256"]:
         return None, "source changed since the run"
@@ -181,8 +182,8 @@ def _source(
 def _row_metrics(
     ds: Committed, row: dict[str, Any], source: np.ndarray | None, note: str | None
 ) -> dict[str, Any]:
-    image = decode_image(ds.fs.cat_file(layout.join(ds.root, ds.key(row["output_uri"]))))
-    mask = decode_mask(ds.fs.cat_file(layout.join(ds.root, ds.key(row["mask_uri"]))))
+    image = decode_image(_file(ds, row["output_uri"]))
+    mask = decode_mask(_file(ds, row["mask_uri"]))
     augmented = row["augment_params"] not in (None, "[]", "{}")
     compared = source is not None and not augmented and source.shape == image.shape and mask.any()
     found = {
@@ -204,6 +205,15 @@ def _row_metrics(
         note = "augmented output"
     found["_note"] = note
     return found
+
+
+def _file(ds: Committed, uri: str) -> bytes:
+    try:
+        return ds.fs.cat_file(layout.join(ds.root, ds.key(uri)))
+    except FileNotFoundError:
+        raise RunError(
+            f"{uri} is missing: the version is damaged (`pipeline audit` lists every bad file)"
+        ) from None
 
 
 def _leak_mean(source: np.ndarray, image: np.ndarray, mask: np.ndarray) -> float | None:

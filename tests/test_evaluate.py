@@ -26,6 +26,7 @@ from PIL import Image
 
 from inpaint_ops.distribution import FeatureExtractor, make_random_extractor
 from inpaint_ops.metrics import area_bin
+from pipelines.errors import RunError
 from pipelines.evaluate import evaluate_dataset
 from pipelines.manifest import OutputSpec, QcSpec
 from pipelines.preview import preview_dataset
@@ -114,6 +115,28 @@ def test_gates_reject_rows_with_their_reason_and_leave_the_index_alone(made, tmp
     assert all(r["status"] == "rejected" for r in strict)
     assert {r["reason"].split(" ")[0] for r in strict} == {"blank", "diversity"}
     assert hashlib.sha256(index.read_bytes()).hexdigest() == before  # the index never changes
+
+
+def test_changed_sources_and_missing_outputs(made, tmp_path, monkeypatch):
+    """A source with other bytes now is not compared (the rows still get seam and diversity);
+    a missing output stops the evaluation naming it."""
+    import pipelines.evaluate as evaluate_module
+
+    folder = tmp_path / "copy"
+    shutil.copytree(made / "dataset", folder)
+    monkeypatch.setattr(evaluate_module, "read_bytes", lambda uri, options: b"other bytes")
+    rows = metrics_of(evaluate(folder))
+    assert all(not r["compared"] and r["masked_psnr"] is None for r in rows)
+    assert all(r["reason"] == "source changed since the run" for r in rows)
+    assert all(r["seam"] is not None and r["diversity"] is not None for r in rows)
+    monkeypatch.undo()
+    index = pq.read_table(folder / "index.parquet").to_pylist()
+    gone = (
+        index[3]["output_uri"].removeprefix("file://").replace(str(made / "dataset"), str(folder))
+    )
+    Path(gone).unlink()
+    with pytest.raises(RunError, match="is missing: the version is damaged"):
+        evaluate(folder)
 
 
 def test_features_give_fid_kid_and_ids_per_inpainter(made, tmp_path):
