@@ -6,8 +6,11 @@ memory of every process of the run: the driver, and all that it started (Ray's G
 dashboard, the actors). Sources are the bundled shelf photos, cropped and scaled to 640 px wide
 at seeded offsets, so each file differs.
 
-Reported per size: peak and late-run median of the total and of the driver alone (the late
-median is over the last third of the samples: the steady state once every actor is warm), and
+Reported per size: peak and late-run median of the total, of its private part (resident minus
+shared pages, so without Ray's object store, which every process maps and which fills as blocks
+pass through it, up to its fixed size) and of the driver alone (the late
+median is over the later half of the samples taken while every process of the run is up: work
+flowing, start-up and teardown left out), and
 the growth from 100 to 2,000 images. "Flat" is the target of the issue: the steady-state total
 at 2,000 within 10% of that at 100 (actors do not accumulate per item, the driver does not hold
 the items' results).
@@ -70,10 +73,13 @@ compute: {{actors: 2, batch_size: 4}}
     return path
 
 
-def tree_rss(root: int) -> tuple[int, int]:
-    """(bytes of root and every descendant, bytes of root alone), from /proc."""
+def tree_rss(root: int) -> tuple[int, int, int, int]:
+    """Resident bytes of root and every descendant, of root alone, and the private part of the
+    first (resident minus shared pages: without Ray's object store, mapped by several processes,
+    and the libraries), and the number of processes, from /proc."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
+    private: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -81,16 +87,20 @@ def tree_rss(root: int) -> tuple[int, int]:
             with open(f"/proc/{entry}/stat") as handle:
                 fields = handle.read().rsplit(")", 1)[1].split()
             with open(f"/proc/{entry}/statm") as handle:
-                rss[int(entry)] = int(handle.read().split()[1]) * PAGE
+                pages = handle.read().split()
+            rss[int(entry)] = int(pages[1]) * PAGE
+            private[int(entry)] = (int(pages[1]) - int(pages[2])) * PAGE
         except (OSError, IndexError):
             continue
         children.setdefault(int(fields[1]), []).append(int(entry))
-    total, todo = 0, [root]
+    total, own, count, todo = 0, 0, 0, [root]
     while todo:
         pid = todo.pop()
         total += rss.get(pid, 0)
+        own += private.get(pid, 0)
+        count += pid in rss
         todo += children.get(pid, [])
-    return total, rss.get(root, 0)
+    return total, rss.get(root, 0), own, count
 
 
 def measure(path: Path) -> dict:
@@ -98,7 +108,7 @@ def measure(path: Path) -> dict:
     command = [str(ROOT / ".venv/bin/pipeline"), "run", str(path), "--overwrite", "--json"]
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-    samples: list[tuple[int, int]] = []
+    samples: list[tuple[int, int, int, int]] = []
 
     def sample() -> None:
         while process.poll() is None:
@@ -113,17 +123,21 @@ def measure(path: Path) -> dict:
     summary = json.loads(stdout[stdout.find(b"{") :])
     if process.returncode != 0 or summary["status"] != "committed":
         raise SystemExit(f"run failed: {summary.get('message')}")
-    late = samples[2 * len(samples) // 3 :]  # the last third: every actor warm, work flowing
+    # Steady state: the later half of the samples taken while every process of the run was up
+    # (Ray's and the actors), i.e. while work flows; not start-up, not the teardown.
+    busy = [s for s in samples if s[3] == max(s[3] for s in samples)]
+    late = busy[len(busy) // 2 :]
     mib = 2**20
     return {
         "images": summary["rows_written"],
         "wall_s": round(wall, 2),
         "images_per_s": round(summary["rows_written"] / wall, 2),
         "samples": len(samples),
-        "total_peak_mib": round(max(t for t, _ in samples) / mib, 1),
-        "total_late_median_mib": round(statistics.median(t for t, _ in late) / mib, 1),
-        "driver_peak_mib": round(max(d for _, d in samples) / mib, 1),
-        "driver_late_median_mib": round(statistics.median(d for _, d in late) / mib, 1),
+        "total_peak_mib": round(max(s[0] for s in samples) / mib, 1),
+        "total_late_median_mib": round(statistics.median(s[0] for s in late) / mib, 1),
+        "private_late_median_mib": round(statistics.median(s[2] for s in late) / mib, 1),
+        "driver_peak_mib": round(max(s[1] for s in samples) / mib, 1),
+        "driver_late_median_mib": round(statistics.median(s[1] for s in late) / mib, 1),
     }
 
 
@@ -147,6 +161,9 @@ def main() -> None:
         "runs": runs,
         "ratios": {
             "total_late_rss_large_vs_small": round(growth, 3),
+            "private_late_rss_large_vs_small": round(
+                large["private_late_median_mib"] / small["private_late_median_mib"], 3
+            ),
             "driver_late_rss_large_vs_small": round(
                 large["driver_late_median_mib"] / small["driver_late_median_mib"], 3
             ),

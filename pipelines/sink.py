@@ -195,7 +195,9 @@ class DatasetSink:
         """Append one batch of work rows; a part is written when enough have gathered."""
         start = time.perf_counter()
         self._count(work)
-        self._buffer.append(work)
+        # A copy on this process's heap: the batch Ray handed over lives in its object store,
+        # and holding it until the part is written would pin that store memory meanwhile.
+        self._buffer.append(work.take(pa.array(range(work.num_rows), pa.int64())))
         self._buffered += work.num_rows
         if self._buffered >= PART_ROWS or time.monotonic() - self._since >= self.checkpoint_s:
             self._write_part()
