@@ -3,7 +3,7 @@
 Prints one JSON document: images/s of a single-process loop, a 2-process pool, and the Ray
 pipeline with 1 and 2 actors, measured interleaved (median of --repeats) on copies of the bundled
 shelf photos with the retail manifest's masks and fill; plus the ratios of PERFORMANCE.md
-(G1 fused loop vs isolated stages, G2 2 vs 1 processes, G3 Ray vs pool, G3b Ray fixed cost,
+(G1 fused loop vs isolated stages, G2 2 vs 1 processes and actors, G3 Ray vs pool, G3b Ray fixed cost,
 G10 Parquet index share). G4/G4b and G5 come from benchmarks/classical.py and codec.py.
 With S3 (the default), the same 2-actor Ray job also reads its sources and writes its dataset
 through a local S3 server (SeaweedFS on loopback, as in the tests), interleaved with the local
@@ -277,7 +277,8 @@ def main() -> None:
         ray_init_s = time.perf_counter() - t0
         runs: dict[str, list[float]] = {
             k: []
-            for k in ("loop", "pool1", "pool2", "ray1", "ray2", "pool2_one_item", "ray2_one_item")
+            for k in ("loop", "pool1", "pool2", "ray1", "ray2")
+            + ("pool2_one_item", "ray1_one_item", "ray2_one_item")
         }
         if s3 is not None:
             runs["ray2_s3"] = []
@@ -286,6 +287,7 @@ def main() -> None:
             # One-item jobs measure each engine's fixed cost (process/actor start-up, planning).
             runs["pool2_one_item"].append(process_pool(plan, items[:1], 2, 4))
             runs["ray2_one_item"].append(ray_job(path, work / "ray_one", 2, 4, limit=1)["wall_s"])
+            runs["ray1_one_item"].append(ray_job(path, work / "ray_one", 1, 4, limit=1)["wall_s"])
             runs["loop"].append(plain_loop(plan, items))
             runs["pool1"].append(process_pool(plan, items, 1, 4))
             runs["pool2"].append(process_pool(plan, items, 2, 4))
@@ -308,9 +310,13 @@ def main() -> None:
     ray_work = med["ray2"] - med["ray2_one_item"]
     # Meaningless when start-up noise exceeds the work (use --items >= 32): reported as null.
     steady = (med["pool2"] - med["pool2_one_item"]) / ray_work if ray_work > 0.5 else None
+    ray1_work = med["ray1"] - med["ray1_one_item"]
+    ray_scaling = ray1_work / ray_work if ray_work > 0.5 else None
     ratios = {
         "G1_fused_vs_isolated_stages": round(sum(stages.values()) / med["loop"], 3),
         "G2_pool2_vs_pool1": round(med["pool1"] / med["pool2"], 3),
+        "G2_ray2_vs_ray1": round(med["ray1"] / med["ray2"], 3),
+        "G2_ray2_vs_ray1_steady_state": round(ray_scaling, 3) if ray_scaling else None,
         "G3_ray2_vs_pool2": round(med["pool2"] / med["ray2"], 3),
         "G3_ray2_vs_pool2_steady_state": round(steady, 3) if steady is not None else None,
         "G3_ray1_per_image_cost_vs_pool1": round(med["ray1"] / med["pool1"], 3),
@@ -323,6 +329,7 @@ def main() -> None:
     targets = {
         "G1_fused_vs_isolated_stages": ratios["G1_fused_vs_isolated_stages"] >= 0.85,
         "G2_pool2_vs_pool1": ratios["G2_pool2_vs_pool1"] >= 1.9,
+        "G2_ray2_vs_ray1_steady_state": ray_scaling is not None and ray_scaling >= 1.9,
         "G3_ray2_vs_pool2": ratios["G3_ray2_vs_pool2"] >= 0.9,
         "G3_ray2_vs_pool2_steady_state": steady is not None and steady >= 0.9,
         "G3_ray1_per_image_cost_vs_pool1": ratios["G3_ray1_per_image_cost_vs_pool1"] <= 1.05,

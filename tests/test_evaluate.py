@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -190,79 +189,56 @@ def test_the_preview_report_renders_in_headless_chromium(made, tmp_path):
     assert f'data-images-loaded="{images}"' in dom  # every inlined image decoded
 
 
+def cli(*args: str):
+    """The CLI in this process (typer's runner): exit code, stdout, stderr."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
 def test_cli_evaluate_and_preview_write_beside_the_version(made):
     dataset = str(made / "dataset")
-    done = subprocess.run(
-        [sys.executable, "-m", "cli", "evaluate", dataset, "--json", "--max-seam", "0.0001"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout)
+    code, stdout, stderr = cli("evaluate", dataset, "--json", "--max-seam", "0.0001")
+    assert code == 0, stderr
+    summary = json.loads(stdout)
     assert summary["rows"] == summary["rejected"] == 8
     assert summary["gates"]["max_seam"] == 0.0001
-    shown = subprocess.run(
-        [sys.executable, "-m", "cli", "preview", dataset],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=180,
-    )
-    assert shown.returncode == 0, shown.stderr
+    code, stdout, stderr = cli("preview", dataset)
+    assert code == 0, stderr
     version = json.loads((made / "dataset" / "_COMMITTED").read_text())["index"].rsplit("/", 1)[0]
     for key in ("evaluation/metrics.parquet", "preview/contact_sheet.png", "preview/report.html"):
         assert (made / "dataset" / version / key).is_file(), key
-    first = subprocess.run(
-        [sys.executable, "-m", "cli", "evaluate", dataset, "--limit", "1", "--json"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=180,
-    )
-    assert json.loads(first.stdout)["rows"] == 4  # one source: 2 variants x 2 inpainters
-    missing = subprocess.run(
-        [sys.executable, "-m", "cli", "evaluate", str(made / "nothing-here")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
-    assert missing.returncode == 1 and "no committed dataset" in missing.stderr
+    code, stdout, _ = cli("evaluate", dataset, "--limit", "1", "--json")
+    assert json.loads(stdout)["rows"] == 4  # one source: 2 variants x 2 inpainters
+    code, _, stderr = cli("evaluate", str(made / "nothing-here"))
+    assert code == 1 and "no committed dataset" in stderr
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["retail_shelf", "aerial_clouds", "cxr_damage"])
-def test_evaluate_and_preview_work_on_each_demo_dataset(name, tmp_path):
+def test_evaluate_and_preview_work_on_each_demo_dataset(name, ray_local, tmp_path):
     """Each bundled manifest (augmented shelves, 8-bit aerial tiles, 16-bit grey X-rays), one
-    source each: evaluate and preview through the CLI, as a user runs them after `make demo`."""
+    source each: run, then evaluate and preview as a user does after `make demo`."""
+    from pipelines.manifest_loader import load_manifest
+    from pipelines.run import run_manifest
+
     dataset = tmp_path / name
-    manifest = str(ROOT / "manifests" / f"{name}.yaml")
-
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "cli", *args],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=300,
-            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
-        )
-
-    made = cli("run", manifest, "--limit", "1", "--set", f"output.uri={dataset}", "--json")
-    assert made.returncode == 0, made.stderr[-2000:]
-    rows = json.loads(made.stdout[made.stdout.find("{") :])["rows_written"]
-    evaluated = cli("evaluate", str(dataset), "--json")
-    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    summary = json.loads(evaluated.stdout)
-    assert summary["rows"] == rows > 0
+    loaded = load_manifest(ROOT / "manifests" / f"{name}.yaml", [f"output.uri={dataset}"])
+    made = run_manifest(loaded, limit=1)
+    assert made.status == "committed", made.message
+    code, stdout, stderr = cli("evaluate", str(dataset), "--json")
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["rows"] == made.rows_written > 0
     (figures,) = summary["by_inpainter"].values()
     if name != "retail_shelf":  # shelves are flipped at random: only unaugmented rows compare
-        assert figures["compared"] == rows
+        assert figures["compared"] == made.rows_written
     assert figures["compared"] == 0 or figures["masked_ssim"] is not None
     assert figures["diversity"] is not None and figures["seam"] is not None
-    shown = cli("preview", str(dataset), "--out", str(tmp_path / "preview"))
-    assert shown.returncode == 0, shown.stderr[-2000:]
+    code, _, stderr = cli("preview", str(dataset), "--out", str(tmp_path / "preview"))
+    assert code == 0, stderr
     sheet = Image.open(tmp_path / "preview" / "contact_sheet.png")
     assert sheet.width > 176 * 3 and np.asarray(sheet).std() > 10
