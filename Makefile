@@ -25,6 +25,7 @@ demo: $(BIN)/.installed
 	$(BIN)/pipeline run manifests/retail_shelf.yaml --overwrite
 	$(BIN)/pipeline run manifests/retail_shelf_compare.yaml --overwrite
 	$(BIN)/pipeline audit out/retail_shelf_compare --reproduce 5
+	$(BIN)/pipeline preview out/retail_shelf_compare
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

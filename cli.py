@@ -316,7 +316,7 @@ def _print_audit(report: AuditReport) -> None:
         table.add_row(
             name,
             f"[{colours.get(status, 'white')}]{status}[/]",
-            ", ".join(f"{k} {str(v)[:16]}" for k, v in shown.items()),
+            ", ".join(f"{k} {v if k == 'note' else str(v)[:16]}" for k, v in shown.items()),
             str(figures["seconds"]),
         )
     out.print(table)
