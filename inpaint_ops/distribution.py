@@ -229,19 +229,26 @@ def make_random_extractor(
     """Save a small random conv net as TorchScript at ``path``; return the file's sha256.
 
     Three stride-2 3x3 conv + ReLU layers (16, 32, 64 channels), global average pooling and a
-    linear layer to ``dim`` features, initialised from ``seed`` (the global torch RNG is left
-    as it was). Any input size works; the net is checked with one pass at ``input_size``, the
-    size to give ``FeatureExtractor``.
+    linear layer to ``dim`` features. Every parameter is drawn from its own generator seeded
+    with ``seed`` (uniform on +-1/sqrt(fan-in), as PyTorch's default); the global torch RNG is
+    left as it was. Any input size works; the net is checked with one pass at ``input_size``,
+    the size to give ``FeatureExtractor``.
     """
     import torch
     from torch import nn
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # the layers' own default init draws globally
         layers: list[nn.Module] = []
         for c_in, c_out in ((3, 16), (16, 32), (32, 64)):
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.ReLU()]
         network = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, dim))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in network:
+            if isinstance(layer, nn.Conv2d | nn.Linear):
+                bound = layer.weight[0].numel() ** -0.5
+                for parameter in (layer.weight, layer.bias):
+                    parameter.uniform_(-bound, bound, generator=generator)
     scripted = torch.jit.script(network.eval())
     with torch.inference_mode():
         shape = tuple(scripted(torch.zeros(1, 3, input_size, input_size)).shape)

@@ -84,6 +84,27 @@ def manifest_text(source_dir: Path, output: Path, **overrides: str) -> str:
     return "\n".join(v for v in sections.values() if v) + "\n"
 
 
+def compare_manifest(work: Path, weights: Path | None = None, output_extra: str = "") -> Path:
+    """The demo's compare manifest (a classical and a trained fill side by side) over copies
+    of two bundled shelf photos, writing ``work/dataset``; ``output_extra`` is YAML added to
+    its output section (two-space indented lines)."""
+    import shutil
+
+    sources = work / "shelves"
+    sources.mkdir()
+    for name in ("shelf_000.jpg", "shelf_001.jpg", "boxes.csv"):
+        shutil.copy(ROOT / "samples" / "shelves" / name, sources / name)
+    weights = weights or ROOT / "checkpoints" / "retail_shelf.safetensors"
+    text = (ROOT / "manifests" / "retail_shelf_compare.yaml").read_text()
+    text = text.replace("../samples/shelves", str(sources))
+    text = text.replace("../checkpoints/retail_shelf.safetensors", str(weights))
+    text = text.replace("../out/retail_shelf_compare", str(work / "dataset"))
+    text = text.replace("  quality: 92\n", "  quality: 92\n" + output_extra)
+    path = work / "compare.yaml"
+    path.write_text(text)
+    return path
+
+
 @pytest.fixture
 def tiny_manifest(tmp_path):
     """Write a manifest (and its images) into tmp_path; returns a function giving its path."""

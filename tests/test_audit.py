@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT
+from conftest import ROOT, compare_manifest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -30,8 +30,6 @@ from pipelines.integrity import MerkleTree, inclusion_proof, leaf_hash, verify_i
 from pipelines.manifest import OutputSpec
 from pipelines.manifest_loader import load_manifest
 
-SHELVES = ROOT / "samples" / "shelves"
-
 
 @pytest.fixture(scope="module")
 def made(ray_local, tmp_path_factory) -> Path:
@@ -39,17 +37,9 @@ def made(ray_local, tmp_path_factory) -> Path:
     from pipelines.run import run_manifest
 
     work = tmp_path_factory.mktemp("audit")
-    sources = work / "shelves"
-    sources.mkdir()
-    for name in ("shelf_000.jpg", "shelf_001.jpg", "boxes.csv"):
-        shutil.copy(SHELVES / name, sources / name)
     shutil.copy(ROOT / "checkpoints" / "retail_shelf.safetensors", work / "model.safetensors")
-    text = (ROOT / "manifests" / "retail_shelf_compare.yaml").read_text()
-    text = text.replace("../samples/shelves", str(sources))
-    text = text.replace("../checkpoints/retail_shelf.safetensors", str(work / "model.safetensors"))
-    text = text.replace("../out/retail_shelf_compare", str(work / "dataset"))
-    text = text.replace("  quality: 92\n", "  quality: 92\n  sign_record: ${AUDIT_SIGNING_KEY}\n")
-    (work / "compare.yaml").write_text(text)
+    signing = "  sign_record: ${AUDIT_SIGNING_KEY}\n"
+    compare_manifest(work, work / "model.safetensors", signing)
     key = Ed25519PrivateKey.generate()
     (work / "signer.pem").write_bytes(
         key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())

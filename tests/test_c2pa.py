@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, pipeline_cli
+from conftest import ROOT, compare_manifest, pipeline_cli
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -174,20 +173,10 @@ def test_an_unsigned_recipe_keeps_its_hash():
 def test_a_signed_run_validates_every_output_and_audits_by_pixels(chain, tmp_path):
     """The demo's compare manifest signed: every output is Trusted under the test root and names
     its row; the audit remakes rows unsigned and passes on pixels; a flipped byte fails both."""
-    sources = tmp_path / "shelves"
-    sources.mkdir()
-    for name in ("shelf_000.jpg", "shelf_001.jpg", "boxes.csv"):
-        shutil.copy(ROOT / "samples" / "shelves" / name, sources / name)
-    text = (ROOT / "manifests" / "retail_shelf_compare.yaml").read_text()
-    text = text.replace("../samples/shelves", str(sources))
-    weights = ROOT / "checkpoints" / "retail_shelf.safetensors"
-    text = text.replace("../checkpoints/retail_shelf.safetensors", str(weights))
-    text = text.replace("../out/retail_shelf_compare", str(tmp_path / "dataset"))
     signing = "  c2pa:\n    certificate: ${TEST_C2PA_CHAIN}\n    private_key: ${TEST_C2PA_KEY}\n"
-    text = text.replace("  quality: 92\n", "  quality: 92\n" + signing)
-    (tmp_path / "signed.yaml").write_text(text)
+    manifest = compare_manifest(tmp_path, output_extra=signing)
 
-    code, summary, stderr = pipeline_cli(str(tmp_path / "signed.yaml"), env=environ(chain))
+    code, summary, stderr = pipeline_cli(str(manifest), env=environ(chain))
     assert code == 0 and summary["status"] == "committed", stderr[-3000:]
     rows = pq.read_table(tmp_path / "dataset" / "index.parquet").to_pylist()
     assert len(rows) == 8  # 2 shelves x 2 variants x 2 inpainters

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT
+from conftest import ROOT, compare_manifest
 from PIL import Image
 
 from inpaint_ops.distribution import FeatureExtractor, make_random_extractor
@@ -30,8 +30,6 @@ from pipelines.evaluate import evaluate_dataset
 from pipelines.manifest import OutputSpec, QcSpec
 from pipelines.preview import preview_dataset
 
-SHELVES = ROOT / "samples" / "shelves"
-
 
 @pytest.fixture(scope="module")
 def made(ray_local, tmp_path_factory) -> Path:
@@ -40,17 +38,7 @@ def made(ray_local, tmp_path_factory) -> Path:
     from pipelines.run import run_manifest
 
     work = tmp_path_factory.mktemp("evaluate")
-    sources = work / "shelves"
-    sources.mkdir()
-    for name in ("shelf_000.jpg", "shelf_001.jpg", "boxes.csv"):
-        shutil.copy(SHELVES / name, sources / name)
-    text = (ROOT / "manifests" / "retail_shelf_compare.yaml").read_text()
-    text = text.replace("../samples/shelves", str(sources))
-    weights = str(ROOT / "checkpoints" / "retail_shelf.safetensors")
-    text = text.replace("../checkpoints/retail_shelf.safetensors", weights)
-    text = text.replace("../out/retail_shelf_compare", str(work / "dataset"))
-    (work / "compare.yaml").write_text(text)
-    summary = run_manifest(load_manifest(work / "compare.yaml"))
+    summary = run_manifest(load_manifest(compare_manifest(work)))
     assert summary.status == "committed" and summary.rows_written == 8, summary.message
     return work
 
