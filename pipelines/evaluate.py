@@ -129,7 +129,7 @@ def evaluate_dataset(
         if progress:
             progress(len(rows), total)
     table = pa.Table.from_pylist(rows, schema=METRICS_SCHEMA)
-    summary = _summary(ds, table, features, extractor, gates)
+    summary = {**_summary(ds, table, features, extractor, gates), "limit": limit}
     return _write(ds, table, summary)
 
 

@@ -172,9 +172,10 @@ def _png(image: Image.Image) -> bytes:
 def _evaluation(
     ds: Committed, output: OutputSpec, manifest: Manifest | None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The version's evaluation (made now when it has none)."""
+    """The version's evaluation (made now when it has none, or only of its first sources)."""
     folder = layout.join(ds.root, version_folder(ds) + "/" + EVALUATION)
-    if not ds.fs.exists(layout.join(folder, SUMMARY)):
+    path = layout.join(folder, SUMMARY)
+    if not ds.fs.exists(path) or json.loads(ds.fs.cat_file(path)).get("limit") is not None:
         from pipelines.evaluate import evaluate_dataset
 
         evaluate_dataset(output, manifest)

@@ -201,6 +201,10 @@ def test_cli_evaluate_and_preview_write_beside_the_version(made):
         assert (made / "dataset" / version / key).is_file(), key
     code, stdout, _ = cli("evaluate", dataset, "--limit", "1", "--json")
     assert json.loads(stdout)["rows"] == 4  # one source: 2 variants x 2 inpainters
+    code, _, stderr = cli("preview", dataset)  # a partial evaluation is made whole first
+    assert code == 0, stderr
+    whole = json.loads((made / "dataset" / version / "evaluation" / "summary.json").read_text())
+    assert whole["rows"] == 8 and whole["limit"] is None
     code, _, stderr = cli("evaluate", str(made / "nothing-here"))
     assert code == 1 and "no committed dataset" in stderr
 
