@@ -92,6 +92,18 @@ class Committed:
         prefix = self.written_root.rstrip("/") + "/"
         return uri[len(prefix) :] if uri.startswith(prefix) else uri
 
+    def file(self, uri: str) -> bytes:
+        """The bytes of a row's output or mask."""
+        return self.fs.cat_file(layout.join(self.root, self.key(uri)))
+
+    def recipe(self, manifest_sha256: str) -> dict[str, Any]:
+        """The recipe a row names (``recipes/<sha256>.json``); ValueError when the file does not
+        hash to its name, FileNotFoundError when it is gone."""
+        data = self.fs.cat_file(layout.join(self.root, layout.recipe_key(manifest_sha256)))
+        if hashlib.sha256(data).hexdigest() != manifest_sha256:
+            raise ValueError(f"{layout.recipe_key(manifest_sha256)} does not hash to its name")
+        return json.loads(data)
+
     def rows(self, columns: list[str] | None) -> Iterator[pa.Table]:
         """The index, a row group at a time, in file order."""
         path = layout.join(self.root, self.version.index)
@@ -268,7 +280,7 @@ def check_recipes(ds: Committed, report: AuditReport) -> dict[str, Any]:
         shas.update(table["manifest_sha256"].unique().to_pylist())
     bad = 0
     for sha in sorted(shas):
-        key = f"{layout.RECIPES}/{sha}.json"
+        key = layout.recipe_key(sha)
         try:
             found = _sha256(ds.fs, layout.join(ds.root, key))
         except FileNotFoundError:

@@ -111,7 +111,7 @@ def _store_recipe(sink: DatasetSink, record: dict[str, Any]) -> None:
     data = recipe_bytes(record["recipe"])
     if hashlib.sha256(data).hexdigest() != record["manifest_sha256"]:
         raise RuntimeError("the recorded recipe does not hash to manifest_sha256")  # a bug
-    path = layout.join(sink.root, recipe_key(record["manifest_sha256"]))
+    path = layout.join(sink.root, layout.recipe_key(record["manifest_sha256"]))
     if not sink.fs.exists(path):  # content-addressed: an existing one has these bytes
         publish_bytes(sink.fs, path, data)
 
@@ -142,10 +142,6 @@ def _write_hf_dataset(sink: DatasetSink, folder: str, record: dict[str, Any]) ->
     card = dataset_card(record, shards, counts, sizes, croissant=croissant_key)
     publish_bytes(fs, layout.join(root, key), card)
     return key
-
-
-def recipe_key(manifest_sha256: str) -> str:
-    return f"{layout.RECIPES}/{manifest_sha256}.json"
 
 
 def _write_tables(

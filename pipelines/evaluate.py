@@ -112,12 +112,12 @@ def evaluate_dataset(
     """
     ds = open_committed(output)
     gates = gates or (manifest.qc if manifest is not None else None) or QcSpec()
-    access, recipes = Access.of(manifest), _Recipes(ds)
+    access, recipes = Access.of(manifest), Recipes(ds)
     rows: list[dict[str, Any]] = []
     features: Features = {}
     total = int((ds.record.get("integrity") or {}).get("leaves") or 0)
-    for group in islice(_source_groups(ds), limit):
-        source, note = _source(group[0], access, recipes)
+    for group in islice(source_groups(ds), limit):
+        source, note = source_image(group[0], access, recipes)
         made = [_row_metrics(ds, row, source, note) for row in group]
         _diversity(made)
         if extractor is not None and source is not None:
@@ -133,7 +133,7 @@ def evaluate_dataset(
     return _write(ds, table, summary)
 
 
-def _source_groups(ds: Committed) -> Iterator[list[dict[str, Any]]]:
+def source_groups(ds: Committed) -> Iterator[list[dict[str, Any]]]:
     """Index rows, one source at a time (an item's rows are written together)."""
     group: list[dict[str, Any]] = []
     for table in ds.rows(ROW_COLUMNS):
@@ -146,8 +146,8 @@ def _source_groups(ds: Committed) -> Iterator[list[dict[str, Any]]]:
         yield group
 
 
-class _Recipes:
-    """Each row's recipe (``recipes/<sha256>.json``), read once."""
+class Recipes:
+    """Each row's recipe (see ``Committed.recipe``), read once."""
 
     def __init__(self, ds: Committed) -> None:
         self.ds = ds
@@ -155,13 +155,12 @@ class _Recipes:
 
     def __call__(self, sha: str) -> dict[str, Any]:
         if sha not in self.found:
-            data = self.ds.fs.cat_file(layout.join(self.ds.root, f"{layout.RECIPES}/{sha}.json"))
-            self.found[sha] = json.loads(data)
+            self.found[sha] = self.ds.recipe(sha)
         return self.found[sha]
 
 
-def _source(
-    row: dict[str, Any], access: Access, recipes: _Recipes
+def source_image(
+    row: dict[str, Any], access: Access, recipes: Recipes
 ) -> tuple[np.ndarray | None, str | None]:
     """The source as the run decoded it, or None and why it cannot be compared."""
     recipe = recipes(row["manifest_sha256"])
@@ -182,8 +181,8 @@ def _source(
 def _row_metrics(
     ds: Committed, row: dict[str, Any], source: np.ndarray | None, note: str | None
 ) -> dict[str, Any]:
-    image = decode_image(_file(ds, row["output_uri"]))
-    mask = decode_mask(_file(ds, row["mask_uri"]))
+    image = decode_image(row_file(ds, row["output_uri"]))
+    mask = decode_mask(row_file(ds, row["mask_uri"]))
     augmented = row["augment_params"] not in (None, "[]", "{}")
     compared = source is not None and not augmented and source.shape == image.shape and mask.any()
     found = {
@@ -207,9 +206,9 @@ def _row_metrics(
     return found
 
 
-def _file(ds: Committed, uri: str) -> bytes:
+def row_file(ds: Committed, uri: str) -> bytes:
     try:
-        return ds.fs.cat_file(layout.join(ds.root, ds.key(uri)))
+        return ds.file(uri)
     except FileNotFoundError:
         raise RunError(
             f"{uri} is missing: the version is damaged (`pipeline audit` lists every bad file)"
@@ -294,13 +293,8 @@ def _summary(
     return summarize(ds, table, features, extractor, gates)
 
 
-def version_folder(ds: Committed) -> str:
-    """The version's folder (``versions/<N>-<run_id>``), relative to the dataset root."""
-    return ds.version.index.rsplit("/", 1)[0]
-
-
 def _write(ds: Committed, table: pa.Table, summary: dict[str, Any]) -> Evaluation:
-    folder = layout.join(ds.root, version_folder(ds) + "/" + EVALUATION)
+    folder = layout.join(ds.root, ds.version.folder + "/" + EVALUATION)
     ds.fs.makedirs(folder, exist_ok=True)
     metrics_path, summary_path = layout.join(folder, METRICS), layout.join(folder, SUMMARY)
     with ds.fs.open(metrics_path, "wb") as handle:

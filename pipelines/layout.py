@@ -65,3 +65,8 @@ def _stem(image_id: str, variant: int, tag: str, inpainter: str | None) -> str:
 def join(root: str, key: str) -> str:
     """Join a dataset root URI (local path or URL) and a relative key."""
     return root.rstrip("/") + "/" + key
+
+
+def recipe_key(manifest_sha256: str) -> str:
+    """``recipes/<sha256>.json``: the recipe a fingerprint stands for, under its own hash."""
+    return f"{RECIPES}/{manifest_sha256}.json"

@@ -7,7 +7,6 @@ Merkle inclusion proof tying the row to the run record's root.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
@@ -109,10 +108,9 @@ def chain(ds: Committed, position: int, row: dict[str, Any]) -> dict[str, Any]:
 
 def _recipe(ds: Committed, sha: str) -> dict[str, Any] | None:
     try:
-        data = ds.fs.cat_file(layout.join(ds.root, f"{layout.RECIPES}/{sha}.json"))
-    except FileNotFoundError:
+        return ds.recipe(sha)
+    except (FileNotFoundError, ValueError):  # gone or altered: the chain says so
         return None
-    return json.loads(data) if hashlib.sha256(data).hexdigest() == sha else None
 
 
 def _run(ds: Committed, row: dict[str, Any]) -> dict[str, Any]:

@@ -31,10 +31,10 @@ from pipelines.evaluate import (
     EVALUATION,
     METRICS,
     SUMMARY,
-    _Recipes,
-    _source,
-    _source_groups,
-    version_folder,
+    Recipes,
+    row_file,
+    source_groups,
+    source_image,
 )
 from pipelines.manifest import Manifest, OutputSpec
 from pipelines.report_html import render_report
@@ -63,8 +63,8 @@ def preview_dataset(
     """Write the contact sheet of the first ``sources`` sources and the HTML report."""
     ds = open_committed(output)
     metrics, summary = _evaluation(ds, output, manifest)
-    access, recipes = Access.of(manifest), _Recipes(ds)
-    groups = list(islice(_source_groups(ds), sources))
+    access, recipes = Access.of(manifest), Recipes(ds)
+    groups = list(islice(source_groups(ds), sources))
     if not groups:
         raise RunError(f"{output.uri!r}: version {ds.version.version} has no rows to preview")
     sheet = contact_sheet(ds, groups, access, recipes)
@@ -74,7 +74,7 @@ def preview_dataset(
 
 
 def contact_sheet(
-    ds: Committed, groups: list[list[dict[str, Any]]], access: Access, recipes: _Recipes
+    ds: Committed, groups: list[list[dict[str, Any]]], access: Access, recipes: Recipes
 ) -> Image.Image:
     blocks = [_block(ds, group, access, recipes) for group in groups]
     width = max(b.width for b in blocks)
@@ -87,31 +87,27 @@ def contact_sheet(
 
 
 def _block(
-    ds: Committed, group: list[dict[str, Any]], access: Access, recipes: _Recipes
+    ds: Committed, group: list[dict[str, Any]], access: Access, recipes: Recipes
 ) -> Image.Image:
     """One source: the source and variant masks on top, each inpainter's outputs below."""
-    source, note = _source(group[0], access, recipes)
+    source, note = source_image(group[0], access, recipes)
     variants = sorted({r["variant"] for r in group})
     labels = sorted({r["inpainter"] for r in group})
     at = {(r["variant"], r["inpainter"]): r for r in group}
     top = [_tile(source, group[0]["image_id"] if source is not None else f"source: {note}")]
     for v in variants:
         row = at[(v, labels[0])]
-        mask = decode_mask(_read(ds, row["mask_uri"]))
+        mask = decode_mask(row_file(ds, row["mask_uri"]))
         top.append(_tile(_overlay(source, mask), f"v{v} mask {row['mask_fraction']:.0%}"))
     lines = [top]
     for label in labels:
         line = [_tile(None, label, fill=(255, 255, 255))]
         for v in variants:
             row = at.get((v, label))
-            image = decode_image(_read(ds, row["output_uri"])) if row else None
+            image = decode_image(row_file(ds, row["output_uri"])) if row else None
             line.append(_tile(image, f"{label} v{v}"))
         lines.append(line)
     return _grid(lines)
-
-
-def _read(ds: Committed, uri: str) -> bytes:
-    return ds.fs.cat_file(layout.join(ds.root, ds.key(uri)))
 
 
 def _eight_bit_rgb(image: np.ndarray) -> np.ndarray:
@@ -173,7 +169,7 @@ def _evaluation(
     ds: Committed, output: OutputSpec, manifest: Manifest | None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The version's evaluation (made now when it has none, or only of its first sources)."""
-    folder = layout.join(ds.root, version_folder(ds) + "/" + EVALUATION)
+    folder = layout.join(ds.root, ds.version.folder + "/" + EVALUATION)
     path = layout.join(folder, SUMMARY)
     if not ds.fs.exists(path) or json.loads(ds.fs.cat_file(path)).get("limit") is not None:
         from pipelines.evaluate import evaluate_dataset
@@ -191,7 +187,7 @@ def _write(ds: Committed, out: Path | None, png: bytes, html: bytes, count: int)
         (out / "contact_sheet.png").write_bytes(png)
         (out / "report.html").write_bytes(html)
         return Preview(str(out / "contact_sheet.png"), str(out / "report.html"), count)
-    folder = layout.join(ds.root, version_folder(ds) + "/" + PREVIEW)
+    folder = layout.join(ds.root, ds.version.folder + "/" + PREVIEW)
     ds.fs.makedirs(folder, exist_ok=True)
     sheet, report = layout.join(folder, "contact_sheet.png"), layout.join(folder, "report.html")
     publish_bytes(ds.fs, sheet, png)

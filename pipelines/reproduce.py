@@ -18,14 +18,12 @@ and seed: the manifest's hash binding covers every byte of the file outside it.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import tempfile
 from typing import Any
 
 import numpy as np
 
-from pipelines import layout
 from pipelines.audit import AuditReport, Committed, Finding, subject
 from pipelines.audit_inputs import Access, weights_locations
 from pipelines.codec import decode_image
@@ -99,12 +97,7 @@ def reproduce_row(
 
 
 def _signed(ds: Committed, row: dict[str, Any]) -> bool:
-    recipe = json.loads(ds.fs.cat_file(layout.join(ds.root, recipe_path(row))))
-    return recipe["output"].get("c2pa") is not None
-
-
-def recipe_path(row: dict[str, Any]) -> str:
-    return f"{layout.RECIPES}/{row['manifest_sha256']}.json"
+    return ds.recipe(row["manifest_sha256"])["output"].get("c2pa") is not None
 
 
 def rebuild_plan(
@@ -113,10 +106,7 @@ def rebuild_plan(
     """The manifest and plan that make ``row`` again: its recipe, with only the row's
     inpainter (seeds do not depend on the others), plus where the inputs live now."""
     sha = row["manifest_sha256"]
-    data = ds.fs.cat_file(layout.join(ds.root, recipe_path(row)))
-    if hashlib.sha256(data).hexdigest() != sha:
-        raise ValueError(f"recipes/{sha}.json does not hash to its name")
-    recipe = json.loads(data)
+    recipe = ds.recipe(sha)
     recipe["output"].pop("c2pa", None)  # remade unsigned: compared by pixels (see the top)
     listed = recipe["inpainter"] if isinstance(recipe["inpainter"], list) else [recipe["inpainter"]]
     own = [spec for spec in listed if (spec.get("name") or spec["kind"]) == row["inpainter"]]
@@ -154,7 +144,7 @@ def _compare(
         return "mismatch", shown
     if not (gpu or signed):
         return "mismatch", f"output_sha256: {row['output_sha256']} -> {again['output_sha256']}"
-    stored = ds.fs.cat_file(layout.join(ds.root, ds.key(row["output_uri"])))
+    stored = ds.file(row["output_uri"])
     credentials = ""
     if signed:
         problem = _credentials_problem(stored, row)

@@ -89,7 +89,7 @@ def _retain(
     dropped = [_keys(fs, root, v) for v in old]
     for v in old:
         fs.rm(layout.join(root, versions.record_key(v.version)))
-    folders = {v.index.rsplit("/", 1)[0] for v in kept}
+    folders = {v.folder for v in kept}
     base = layout.join(root, versions.VERSIONS)
     for path in fs.ls(base, detail=False):
         name = path.rstrip("/").rsplit("/", 1)[-1]

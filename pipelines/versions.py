@@ -56,6 +56,12 @@ class Version:
     committed_at: str
     parent: int | None = None
     new_generation: bool = False  # the recipe changed: no rows carried from the parent
+
+    @property
+    def folder(self) -> str:
+        """``versions/<N>-<run_id>``: the folder of this version's files (relative key)."""
+        return self.index.rsplit("/", 1)[0]
+
     card: str | None = None  # the Hugging Face dataset card (README.md) of this version
 
     def as_json(self) -> bytes:
